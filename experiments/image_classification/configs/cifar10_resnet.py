@@ -1,0 +1,27 @@
+"""ResNet-18 on CIFAR-10 with momentum SGD (needs tfds `cifar10` prepared in data_dir)."""
+
+import ml_collections
+
+from research.config import base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = base_config()
+    config.task = "image_classification"
+    config.dataset = "cifar10"
+    config.model = ml_collections.ConfigDict(
+        {"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64}
+    )
+    config.batch_size = 128
+    config.eval_batch_size = 1000
+    config.optimizer = "nesterov"
+    config.momentum = 0.9
+    config.learning_rate = 0.1
+    config.weight_decay = 5e-4
+    config.schedule = "warmup_cosine"
+    config.warmup_steps = 500
+    config.num_train_steps = 40000
+    config.eval_every_steps = 2000
+    config.log_every_steps = 200
+    config.checkpoint_every_steps = 2000
+    return config

@@ -1,0 +1,33 @@
+"""A two-convolution CNN on Fashion-MNIST (prepare it offline, see the README)."""
+
+import ml_collections
+
+from research.config import base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = base_config()
+    config.task = "image_classification"
+    config.dataset = "fashion_mnist"
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "cnn",
+            "features": (32, 64),
+            "kernel_size": (3, 3),
+            "pool_size": (2, 2),
+            "dense_sizes": (256,),
+            "dropout_rate": 0.3,
+        }
+    )
+    config.batch_size = 128
+    config.eval_batch_size = 1000
+    config.optimizer = "adamw"
+    config.learning_rate = 2e-3
+    config.weight_decay = 1e-4
+    config.schedule = "warmup_cosine"
+    config.warmup_steps = 200
+    config.num_train_steps = 7000
+    config.eval_every_steps = 1000
+    config.log_every_steps = 200
+    config.checkpoint_every_steps = 1000
+    return config

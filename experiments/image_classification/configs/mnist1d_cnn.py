@@ -1,0 +1,34 @@
+"""A small 1-D CNN on MNIST-1D (the default experiment of `python launch.py`)."""
+
+import ml_collections
+
+from research.config import base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = base_config()
+    config.task = "image_classification"
+    config.dataset = "mnist1d"
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "cnn",
+            "features": (32, 32, 32),
+            "kernel_size": (5,),
+            "strides": (1,),
+            "pool_size": (2,),
+            "dense_sizes": (),
+            "dropout_rate": 0.0,
+        }
+    )
+    config.batch_size = 100
+    config.eval_batch_size = 500
+    config.optimizer = "adamw"
+    config.learning_rate = 3e-3
+    config.weight_decay = 1e-4
+    config.schedule = "warmup_cosine"
+    config.warmup_steps = 100
+    config.num_train_steps = 6000
+    config.eval_every_steps = 1000
+    config.log_every_steps = 200
+    config.checkpoint_every_steps = 1000
+    return config

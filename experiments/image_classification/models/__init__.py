@@ -1,0 +1,1 @@
+"""Image classification models, one family per module; `config.model.name` picks one."""

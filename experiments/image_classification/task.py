@@ -1,0 +1,111 @@
+"""Image classification: inputs -> one of `num_classes` labels, trained with cross-entropy.
+
+Datasets: MNIST-1D (generated locally), and tfds's mnist, fashion_mnist and cifar10 when
+prepared in `config.data_dir`. Models: `config.model.name` is mlp, cnn or resnet.
+"""
+
+import importlib
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments.image_classification import datasets
+from research import data
+from research.config import ConfigError
+from research.task import Task
+
+# dataset name -> (builder generating it locally or None, input feature, eval splits)
+DATASETS = {
+    "mnist1d": (datasets.Mnist1d, "signal", ("test",)),
+    "mnist": (None, "image", ("test",)),
+    "fashion_mnist": (None, "image", ("test",)),
+    "cifar10": (None, "image", ("test",)),
+}
+MODELS = {"mlp": "MLP", "cnn": "CNN", "resnet": "ResNet"}
+
+
+def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
+    """Inputs as float32 standardized per channel by the training split's statistics."""
+    if config.dataset not in DATASETS:
+        raise ConfigError(
+            f"config.dataset '{config.dataset}' is not an image classification dataset; "
+            f"choose one of {', '.join(DATASETS)}."
+        )
+    builder_class, input_key, eval_splits = DATASETS[config.dataset]
+    splits = {
+        split: data.load_tfds_arrays(config.dataset, split, config.data_dir, builder_class)
+        for split in ("train", *eval_splits)
+    }
+    train_inputs = splits["train"][input_key]
+    if train_inputs.ndim == 2:  # a 1-D signal gets a channel axis: [batch, length, 1]
+        splits = {
+            split: {**arrays, input_key: arrays[input_key][..., None]}
+            for split, arrays in splits.items()
+        }
+        train_inputs = splits["train"][input_key]
+    channel_axes = tuple(range(train_inputs.ndim - 1))
+    mean = train_inputs.mean(axis=channel_axes, dtype=np.float64)
+    std = train_inputs.std(axis=channel_axes, dtype=np.float64)
+
+    def prepare(arrays):
+        inputs = ((arrays[input_key] - mean) / std).astype(np.float32)
+        return {"inputs": inputs, "label": arrays["label"].astype(np.int32)}
+
+    num_classes = int(splits["train"]["label"].max()) + 1
+    return data.Dataset(
+        train=prepare(splits["train"]),
+        eval_splits={split: prepare(splits[split]) for split in eval_splits},
+        info={"num_classes": num_classes},
+    )
+
+
+def create_model(config: ml_collections.ConfigDict, info: dict):
+    """`config.model.name` picks the model; the other `config.model` keys are its fields."""
+    settings = config.model.to_dict()
+    name = settings.pop("name")
+    if name not in MODELS:
+        raise ConfigError(
+            f"config.model.name '{name}' is unknown; choose one of {', '.join(MODELS)}."
+        )
+    module = importlib.import_module(f"experiments.image_classification.models.{name}")
+    return getattr(module, MODELS[name])(num_classes=info["num_classes"], **settings)
+
+
+def model_inputs(batch):
+    return (batch["inputs"],)
+
+
+def loss(logits, batch):
+    """Cross-entropy per example, each example weighted 1."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return losses, jnp.ones_like(losses)
+
+
+def metric_sums(logits, batch):
+    labels = batch["label"]
+    return {
+        "cross_entropy": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+        "correct": (logits.argmax(-1) == labels).astype(jnp.float32),
+        "count": jnp.ones(labels.shape, jnp.float32),
+    }
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    return {
+        "loss": sums["cross_entropy"] / sums["count"],
+        "accuracy": sums["correct"] / sums["count"],
+    }
+
+
+def get_task(config: ml_collections.ConfigDict) -> Task:
+    del config
+    return Task(
+        load_data=load_data,
+        create_model=create_model,
+        model_inputs=model_inputs,
+        loss=loss,
+        metric_sums=metric_sums,
+        summarize=summarize,
+    )

@@ -1,0 +1,90 @@
+"""Launches an experiment: `python launch.py --config=experiments/<task>/configs/<name>.py`.
+
+With no flags it runs the default experiment (a CNN on MNIST-1D) into a new workdir under
+`runs/`. Any config key can be overridden with `--config.<key>=<value>`.
+"""
+
+import datetime
+import importlib
+import logging as python_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+DEFAULT_CONFIG = "experiments/image_classification/configs/mnist1d_cnn.py"
+
+config_flags.DEFINE_config_file(
+    "config",
+    DEFAULT_CONFIG,
+    "Experiment config file, optionally `path.py:argument`.",
+    lock_config=True,
+)
+flags.DEFINE_string("workdir", None, "Where the run writes its records and checkpoints.")
+flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for multi-host runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() and let it detect the cluster."
+)
+FLAGS = flags.FLAGS
+
+
+_CHATTY_LIBRARIES = ("orbax", "tensorflow_datasets", "jax/_src", "optax")
+
+
+def _keep_log_record(record: python_logging.LogRecord) -> bool:
+    """Libraries log their inner steps at INFO; keep their warnings and errors only."""
+    if record.levelno >= python_logging.WARNING:
+        return True
+    return not any(library in record.pathname for library in _CHATTY_LIBRARIES)
+
+
+def _default_workdir(config_path: str) -> str:
+    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{name}-{stamp}")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; pass settings as --config.<key>=<value>.")
+    python_logging.getLogger("absl").addFilter(_keep_log_record)
+    # Import after flag parsing so XLA sees the environment the user set.
+    from research import config as config_lib
+    from research import data, parallel, trainer
+    from research import workdir as workdir_lib
+
+    if FLAGS.coordinator_address or FLAGS.distributed:
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+    config = FLAGS.config
+    workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
+    try:
+        config_lib.validate(config, parallel.global_device_count())
+        task_module = importlib.import_module(f"experiments.{config.task}.task")
+        if FLAGS.overwrite:
+            workdir_lib.remove_run(workdir)
+        logging.info("Workdir: %s", os.path.abspath(workdir))
+        trainer.train_and_evaluate(config, workdir, task_module.get_task(config))
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith(f"experiments.{config.task}"):
+            _fail(
+                f"config.task '{config.task}' has no module experiments/{config.task}/task.py; "
+                "set config.task to regression, image_classification or seq2seq."
+            )
+        raise
+    except (config_lib.ConfigError, data.DatasetMissingError, workdir_lib.WorkdirError) as error:
+        _fail(str(error))
+
+
+if __name__ == "__main__":
+    app.run(main)

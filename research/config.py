@@ -1,0 +1,122 @@
+"""Checks a resolved experiment config before anything is compiled or written."""
+
+import ml_collections
+
+from research import optimizers
+
+# Every experiment config has these keys, with these types.
+REQUIRED_KEYS = {
+    "task": str,
+    "seed": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "optimizer": str,
+    "num_train_steps": int,
+    "eval_every_steps": int,
+    "log_every_steps": int,
+    "checkpoint_every_steps": int,
+    "data_dir": str,
+}
+
+POSITIVE_INTEGERS = (
+    "batch_size",
+    "num_train_steps",
+    "eval_every_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_batch_size",
+    "keep_checkpoints",
+)
+
+
+class ConfigError(ValueError):
+    """A config value a user must change; the message names the key and the fix."""
+
+
+def _type_name(expected: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}[expected]
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Raises `ConfigError` naming the first bad key and how to fix it."""
+    for key, expected in REQUIRED_KEYS.items():
+        if key not in config:
+            raise ConfigError(f"The config has no key '{key}'; add `config.{key} = ...` to it.")
+        value = config[key]
+        valid = isinstance(value, expected) and not isinstance(value, bool)
+        if expected is float:
+            valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not valid:
+            raise ConfigError(
+                f"config.{key} must be {_type_name(expected)}, not {value!r}; "
+                f"set it with --config.{key}=<{_type_name(expected)}>."
+            )
+    for key in POSITIVE_INTEGERS:
+        if key in config and config[key] <= 0:
+            raise ConfigError(
+                f"config.{key} is {config[key]} but must be a positive integer; "
+                f"set --config.{key} to 1 or more."
+            )
+    if config.learning_rate <= 0:
+        raise ConfigError(
+            f"config.learning_rate is {config.learning_rate} but must be positive; "
+            "set --config.learning_rate to a value such as 0.001."
+        )
+    for key in ("batch_size", "eval_batch_size"):
+        if key in config and config[key] % device_count:
+            raise ConfigError(
+                f"config.{key}={config[key]} is not divisible by the {device_count} devices; "
+                f"set --config.{key} to a multiple of {device_count}."
+            )
+    if config.optimizer not in optimizers.OPTIMIZERS:
+        raise ConfigError(
+            f"config.optimizer '{config.optimizer}' is unknown; "
+            f"choose one of {', '.join(optimizers.OPTIMIZERS)}."
+        )
+    schedule = config.get("schedule", "constant")
+    if schedule not in optimizers.SCHEDULES:
+        raise ConfigError(
+            f"config.schedule '{schedule}' is unknown; "
+            f"choose one of {', '.join(optimizers.SCHEDULES)}."
+        )
+    warmup_steps = config.get("warmup_steps", 0)
+    if not 0 <= warmup_steps < config.num_train_steps:
+        raise ConfigError(
+            f"config.warmup_steps is {warmup_steps}; set it between 0 and "
+            f"num_train_steps - 1 ({config.num_train_steps - 1})."
+        )
+    for key in ("weight_decay", "grad_clip_norm"):
+        if config.get(key, 0.0) < 0:
+            raise ConfigError(f"config.{key} is {config[key]}; set it to 0 (off) or more.")
+    boundaries = config.get("decay_boundaries", ())
+    if schedule == "step" and not all(0 < fraction < 1 for fraction in boundaries):
+        raise ConfigError(
+            "config.decay_boundaries must be fractions of num_train_steps between 0 and 1; "
+            "set them like --config.decay_boundaries='(0.5, 0.75)'."
+        )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every experiment has, with defaults that experiment configs override."""
+    config = ml_collections.ConfigDict()
+    config.task = ""
+    config.seed = 0
+    config.batch_size = 128
+    config.eval_batch_size = 1024
+    config.learning_rate = 1e-3
+    config.optimizer = "adam"
+    config.schedule = "constant"
+    config.warmup_steps = 0
+    config.decay_boundaries = (0.5, 0.75)  # for schedule "step", fractions of num_train_steps
+    config.decay_factor = 0.1
+    config.momentum = 0.9
+    config.weight_decay = 0.0
+    config.grad_clip_norm = 0.0
+    config.skip_nonfinite_steps = False
+    config.num_train_steps = 1000
+    config.eval_every_steps = 500
+    config.log_every_steps = 100
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    config.data_dir = "~/tensorflow_datasets"
+    return config

@@ -1,0 +1,44 @@
+"""The interface between the generic trainer and an experiment module.
+
+Each `experiments/<task>/task.py` has `get_task(config) -> Task`. Losses and metrics are
+returned per example as sums with weights, so the trainer can mask padding and add them up
+exactly over devices, hosts and batches; `summarize` turns the totals into metrics.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from research import data
+
+Batch = dict[str, jax.Array]
+Outputs = Any  # whatever the model returns
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What an experiment gives the trainer.
+
+    load_data: config -> `Dataset` of numpy arrays.
+    create_model: (config, dataset info) -> a Linen module, called as
+        `model.apply(variables, *model_inputs(batch), train=...)`.
+    model_inputs: batch -> positional inputs of the model (jit-traced; may cast or scale).
+    loss: (outputs, batch) -> (per-example loss sum `[batch]`, per-example weight `[batch]`);
+        the training loss is the weighted mean over the global batch.
+    metric_sums: (outputs, batch) -> {name: per-example value `[batch]`} to be summed.
+    summarize: {name: total over a split} -> {metric: value}.
+    reference_metrics: optional dataset -> {split: {metric: value}} computed once (for
+        example a closed-form solution) and reported beside the model's metrics.
+    """
+
+    load_data: Callable[[ml_collections.ConfigDict], data.Dataset]
+    create_model: Callable[[ml_collections.ConfigDict, dict[str, Any]], nn.Module]
+    model_inputs: Callable[[Batch], tuple]
+    loss: Callable[[Outputs, Batch], tuple[jax.Array, jax.Array]]
+    metric_sums: Callable[[Outputs, Batch], dict[str, jax.Array]]
+    summarize: Callable[[dict[str, float]], dict[str, float]]
+    reference_metrics: Callable[[data.Dataset], dict[str, dict[str, float]]] | None = None

@@ -1,0 +1,196 @@
+"""The generic training loop: `train_and_evaluate(config, workdir, task)` serves every task."""
+
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from research import checkpoints, data, optimizers, parallel, steps
+from research import workdir as workdir_lib
+from research.config import validate
+from research.task import Task
+
+# Train-step outputs that are not metric sums for `task.summarize`.
+_STEP_DIAGNOSTICS = ("grad_norm", "learning_rate", "all_finite")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+def evaluate(p_eval_step, p_state, arrays: data.Arrays, batch_size: int, task: Task):
+    """Metrics over every example of one split, each counted exactly once."""
+    totals = None
+    for batch in data.eval_batches(arrays, batch_size):
+        sums = p_eval_step(p_state, parallel.shard(batch))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = parallel.unreplicate(totals)
+    return task.summarize({name: float(value) for name, value in totals.items()})
+
+
+def _summarize_train(pending: list[dict], task: Task) -> dict[str, float]:
+    """Metrics over the steps since the last log, from their fetched per-step outputs."""
+    fetched = [parallel.unreplicate(metrics) for metrics in pending]
+    sums = {
+        name: float(np.sum([m[name] for m in fetched], dtype=np.float64))
+        for name in fetched[0]
+        if name not in _STEP_DIAGNOSTICS
+    }
+    return {
+        **task.summarize(sums),
+        "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+        "learning_rate": float(fetched[-1]["learning_rate"]),
+    }
+
+
+def _first_nonfinite_step(pending: list[dict], first_step: int) -> int | None:
+    finite = [bool(parallel.unreplicate(metrics["all_finite"])) for metrics in pending]
+    return None if all(finite) else first_step + finite.index(False)
+
+
+def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:
+    names = sorted({name for metrics in split_metrics.values() for name in metrics})
+    lines = ["split  " + "".join(f"{name:>18}" for name in names)]
+    for split, metrics in split_metrics.items():
+        cells = "".join(f"{metrics.get(name, float('nan')):>18.6g}" for name in names)
+        lines.append(f"{split:<7}{cells}")
+    logging.info("Final metrics:\n%s", "\n".join(lines))
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, task: Task
+) -> dict[str, Any]:
+    """Trains `task` as `config` says, resuming from the workdir's latest checkpoint.
+
+    Returns the summary also written to `workdir/summary.json`.
+    """
+    validate(config, parallel.global_device_count())
+    workdir_lib.check_config_matches(workdir, config)
+    start_time = time.time()
+    dataset = task.load_data(config)
+    model = task.create_model(config, dataset.info)
+    optimizer = optimizers.create_optimizer(config)
+    learning_rate_fn = optimizers.create_learning_rate_schedule(config)
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    example_batch = {key: value[:1] for key, value in dataset.train.items()}
+    state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
+
+    writer = workdir_lib.Writer(workdir)
+    checkpointer = checkpoints.Checkpointer(
+        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
+    )
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, like=state)
+        writer.truncate_metrics_after(latest)
+        logging.info("Resumed from the checkpoint at step %d in %s.", latest, workdir)
+    writer.write_config(config)
+    writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
+    reference = task.reference_metrics(dataset) if task.reference_metrics else {}
+    eval_batch_size = config.get("eval_batch_size", config.batch_size)
+
+    p_train_step = parallel.pmap(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            task=task,
+            optimizer=optimizer,
+            learning_rate_fn=learning_rate_fn,
+            skip_nonfinite=config.get("skip_nonfinite_steps", False),
+        ),
+        donate_argnums=(0,),
+    )
+    p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
+    p_state = parallel.replicate(state)
+    p_rng = parallel.replicate(train_rng)
+    del state  # the replicated copy is the only live state from here on
+
+    def run_evaluation(step: int) -> dict[str, dict[str, float]]:
+        results = {}
+        for split, arrays in dataset.eval_splits.items():
+            metrics = evaluate(p_eval_step, p_state, arrays, eval_batch_size, task)
+            results[split] = {**metrics, **reference.get(split, {})}
+            writer.write_metrics(step, split, results[split])
+        logging.info(
+            "step %d eval: %s",
+            step,
+            "; ".join(
+                f"{split} " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items())
+                for split, metrics in results.items()
+            ),
+        )
+        return results
+
+    first_step = int(parallel.unreplicate(p_state.step))
+    num_steps = config.num_train_steps
+    pending: list[dict] = []
+    interval_start, interval_first_step = time.time(), first_step
+    loop_start, train_metrics, eval_results = None, {}, {}
+    last_saved = first_step
+    for step in range(first_step, num_steps):
+        batch = data.train_batch(dataset.train, config.batch_size, config.seed, step)
+        p_state, step_metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
+        pending.append(step_metrics)
+        done = step + 1
+        if loop_start is None:  # exclude compilation from the measured speed
+            jax.block_until_ready(step_metrics)
+            loop_start, loop_first_step = time.time(), done
+        is_last = done == num_steps
+        must_check = done % config.log_every_steps == 0 or is_last
+        must_save = done % config.checkpoint_every_steps == 0 or is_last
+        if must_check or must_save:
+            bad_step = _first_nonfinite_step(pending, done - len(pending))
+            if bad_step is not None and not config.get("skip_nonfinite_steps", False):
+                checkpointer.wait()
+                raise TrainingDivergedError(
+                    f"The loss or a gradient became NaN or infinite at step {bad_step}; "
+                    f"the checkpoint at step {last_saved} is intact. Lower the learning rate, "
+                    "set --config.grad_clip_norm, or set --config.skip_nonfinite_steps=True."
+                )
+            train_metrics = _summarize_train(pending, task)
+            now = time.time()
+            steps_per_second = (done - interval_first_step) / (now - interval_start)
+            train_metrics["steps_per_second"] = steps_per_second
+            writer.write_metrics(done, "train", train_metrics)
+            eta_seconds = (num_steps - done) / steps_per_second
+            logging.info(
+                "step %d/%d  loss %.5g  %.1f steps/s  ETA %s",
+                done,
+                num_steps,
+                train_metrics["loss"],
+                steps_per_second,
+                time.strftime("%H:%M:%S", time.gmtime(eta_seconds)),
+            )
+            pending, interval_start, interval_first_step = [], now, done
+        if done % config.eval_every_steps == 0 or is_last:
+            eval_results = run_evaluation(done)
+        if must_save:
+            checkpointer.save(done, parallel.unreplicate(p_state))
+            last_saved = done
+    if first_step >= num_steps:  # resumed a finished run: evaluate it again
+        eval_results = run_evaluation(num_steps)
+    checkpointer.wait()
+    checkpointer.close()
+
+    final_params = parallel.unreplicate(p_state.params)
+    loop_seconds = time.time() - loop_start if loop_start else 0.0
+    summary = {
+        **eval_results,
+        "train": train_metrics,
+        "params_sha256": workdir_lib.params_sha256(final_params),
+        "final_step": num_steps,
+        "wall_time_s": time.time() - start_time,
+        "steps_per_second": (num_steps - loop_first_step) / loop_seconds
+        if loop_start and loop_seconds > 0
+        else None,
+    }
+    writer.write_summary(summary)
+    writer.plot_learning_curves()
+    writer.close()
+    _print_table(eval_results)
+    return summary
