@@ -80,7 +80,7 @@ def unreplicate(tree: PyTree) -> PyTree:
 
 
 def shard(tree: PyTree) -> PyTree:
-    """Splits this host's batch over its devices: `[batch, ...]` -> `[devices, batch / devices, ...]`."""
+    """Splits this host's batch: `[batch, ...]` -> `[devices, batch / devices, ...]`."""
     count = local_device_count()
 
     def put(leaf):
