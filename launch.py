@@ -8,6 +8,7 @@ import datetime
 import importlib
 import logging as python_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -15,12 +16,6 @@ from ml_collections import config_flags
 
 DEFAULT_CONFIG = "experiments/image_classification/configs/mnist1d_cnn.py"
 
-config_flags.DEFINE_config_file(
-    "config",
-    DEFAULT_CONFIG,
-    "Experiment config file, optionally `path.py:argument`.",
-    lock_config=True,
-)
 flags.DEFINE_string("workdir", None, "Where the run writes its records and checkpoints.")
 flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for multi-host runs.")
@@ -51,6 +46,56 @@ def _default_workdir(config_path: str) -> str:
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _explain_config_error(error: Exception) -> str:
+    """One sentence for a bad --config file or --config.<key> override."""
+    message = str(error)
+    overrides = [arg.split("=")[0] for arg in sys.argv[1:] if arg.startswith("--config.")]
+    if isinstance(error, AttributeError | KeyError):
+        key = message.strip("\"'")
+        flag = next((o for o in overrides if o.split(".")[-1] == key), f"--config.{key}")
+        return (
+            f"{flag} names a key the config does not have; check its spelling against "
+            "the config file, which lists every key."
+        )
+    override = re.search(r"flag (--config\.[\w.]+)=", message)
+    if override:
+        return (
+            f"{message.split(': ', 1)[0].removeprefix('flag ')} is not valid "
+            f"({message.split(': ', 1)[-1]}); give {override.group(1)} a value of the type "
+            "the config file uses."
+        )
+    if isinstance(error, OSError) and "config file" in message:
+        paths = [arg.split("=", 1)[-1] for arg in sys.argv[1:] if arg.startswith("--config=")]
+        return (
+            f"config file {paths[-1] if paths else DEFAULT_CONFIG} could not be loaded; pass "
+            "--config=experiments/<task>/configs/<name>.py with get_config() defined in it."
+        )
+    return f"{message.splitlines()[0]}; see `python launch.py --helpshort`."
+
+
+def _define_config_flag() -> None:
+    # config_flags reads --config.<key> overrides from sys.argv while defining the flag.
+    try:
+        config_flags.DEFINE_config_file(
+            "config",
+            DEFAULT_CONFIG,
+            "Experiment config file, optionally `path.py:argument`.",
+            lock_config=True,
+        )
+    except Exception as error:
+        _fail(_explain_config_error(error))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags and loads the config; a mistake ends the run with one sentence."""
+    try:
+        remaining = FLAGS(argv)
+        FLAGS.config  # noqa: B018 -- the config file is loaded and overridden on first access
+    except Exception as error:  # config_flags raises several types for bad input
+        _fail(_explain_config_error(error))
+    return remaining
 
 
 def main(argv: list[str]) -> None:
@@ -87,4 +132,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _define_config_flag()
+    app.run(main, flags_parser=_parse_flags)
