@@ -92,7 +92,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """Parses flags and loads the config; a mistake ends the run with one sentence."""
     try:
         remaining = FLAGS(argv)
-        FLAGS.config  # noqa: B018 -- the config file is loaded and overridden on first access
+        FLAGS.config.keys()  # the config file is loaded (and may fail) on first access
     except Exception as error:  # config_flags raises several types for bad input
         _fail(_explain_config_error(error))
     return remaining

@@ -113,11 +113,14 @@ def load_tfds_arrays(
     else:
         builder = tfds.builder(name, data_dir=data_dir)
     try:
-        dataset = builder.as_dataset(split=split, batch_size=-1)
+        # Batches of a fixed size, concatenated: batch_size=-1 needs the split's size, which
+        # tfds.testing.mock_data does not know.
+        dataset = builder.as_dataset(split=split, batch_size=4096, shuffle_files=False)
     except AssertionError as error:  # tfds's "dataset not prepared"
         raise DatasetMissingError(
             f"Dataset '{name}' is not prepared in {data_dir}; prepare it there with "
             f"`tfds build {name} --data_dir={data_dir}` on a machine with network access "
             f"and copy the folder, or set --config.data_dir to where it is prepared."
         ) from error
-    return dict(tfds.as_numpy(dataset))
+    batches = list(tfds.as_numpy(dataset))
+    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}

@@ -16,12 +16,12 @@ from research import data
 from research.config import ConfigError
 from research.task import Task
 
-# dataset name -> (builder generating it locally or None, input feature, eval splits)
+# dataset name -> (builder generating it locally or None, input feature, eval splits, classes)
 DATASETS = {
-    "mnist1d": (datasets.Mnist1d, "signal", ("test",)),
-    "mnist": (None, "image", ("test",)),
-    "fashion_mnist": (None, "image", ("test",)),
-    "cifar10": (None, "image", ("test",)),
+    "mnist1d": (datasets.Mnist1d, "signal", ("test",), 10),
+    "mnist": (None, "image", ("test",), 10),
+    "fashion_mnist": (None, "image", ("test",), 10),
+    "cifar10": (None, "image", ("test",), 10),
 }
 MODELS = {"mlp": "MLP", "cnn": "CNN", "resnet": "ResNet"}
 
@@ -33,7 +33,7 @@ def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
             f"config.dataset '{config.dataset}' is not an image classification dataset; "
             f"choose one of {', '.join(DATASETS)}."
         )
-    builder_class, input_key, eval_splits = DATASETS[config.dataset]
+    builder_class, input_key, eval_splits, num_classes = DATASETS[config.dataset]
     splits = {
         split: data.load_tfds_arrays(config.dataset, split, config.data_dir, builder_class)
         for split in ("train", *eval_splits)
@@ -53,7 +53,6 @@ def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
         inputs = ((arrays[input_key] - mean) / std).astype(np.float32)
         return {"inputs": inputs, "label": arrays["label"].astype(np.int32)}
 
-    num_classes = int(splits["train"]["label"].max()) + 1
     return data.Dataset(
         train=prepare(splits["train"]),
         eval_splits={split: prepare(splits[split]) for split in eval_splits},

@@ -1,4 +1,4 @@
-"""A small 1-D CNN on MNIST-1D (the default experiment of `python launch.py`)."""
+"""A 1-D CNN on MNIST-1D (the default experiment of `python launch.py`)."""
 
 import ml_collections
 
@@ -16,15 +16,15 @@ def get_config() -> ml_collections.ConfigDict:
             "kernel_size": (5,),
             "strides": (1,),
             "pool_size": (2,),
-            "dense_sizes": (),
-            "dropout_rate": 0.0,
+            "dense_sizes": (256,),
+            "dropout_rate": 0.3,
         }
     )
     config.batch_size = 100
     config.eval_batch_size = 500
     config.optimizer = "adamw"
     config.learning_rate = 3e-3
-    config.weight_decay = 1e-4
+    config.weight_decay = 0.05
     config.schedule = "warmup_cosine"
     config.warmup_steps = 100
     config.num_train_steps = 6000

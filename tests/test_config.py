@@ -1,0 +1,80 @@
+"""Every bad config is refused with one sentence naming the key and the fix."""
+
+import subprocess
+
+import ml_collections
+import pytest
+
+from research import config as config_lib
+from tests.conftest import launch_command, subprocess_environment
+
+GOOD = config_lib.base_config()
+GOOD.task = "regression"
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("learning_rate", -0.1, ["config.learning_rate", "positive"]),
+        ("learning_rate", "fast", ["config.learning_rate", "number"]),
+        ("batch_size", 0, ["config.batch_size", "positive"]),
+        ("num_train_steps", 0, ["config.num_train_steps", "1 or more"]),
+        ("eval_every_steps", -5, ["config.eval_every_steps", "positive"]),
+        ("optimizer", "rmsprop", ["config.optimizer", "adamw"]),
+        ("schedule", "linear", ["config.schedule", "warmup_cosine"]),
+        ("warmup_steps", 5000, ["config.warmup_steps", "between"]),
+        ("weight_decay", -1.0, ["config.weight_decay", "0"]),
+        ("seed", 1.5, ["config.seed", "integer"]),
+    ],
+)
+def test_invalid_value_is_refused_with_its_key(key, value, words):
+    config = ml_collections.ConfigDict({**GOOD.to_dict(), key: value})  # any type allowed
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config, device_count=1)
+    message = str(error.value)
+    assert all(word in message for word in words), message
+    assert message.count(". ") == 0  # one sentence
+
+
+def test_batch_size_not_divisible_by_device_count_is_refused():
+    config = GOOD.copy_and_resolve_references()
+    config.batch_size = 30
+    config.eval_batch_size = 60
+    config_lib.validate(config, device_count=3)
+    with pytest.raises(config_lib.ConfigError, match="config.batch_size=30 .* 4 devices"):
+        config_lib.validate(config, device_count=4)
+
+
+def test_missing_required_key_is_refused():
+    config = GOOD.copy_and_resolve_references()
+    del config["data_dir"]
+    with pytest.raises(config_lib.ConfigError, match="no key 'data_dir'"):
+        config_lib.validate(config, device_count=1)
+
+
+def test_good_config_passes():
+    config_lib.validate(GOOD, device_count=1)
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["--config.no_such_key=1"], "--config.no_such_key names a key the config does not have"),
+        (["--config.learning_rate=abc"], "--config.learning_rate=abc is not valid"),
+        (["--config.batch_size=-4"], "config.batch_size is -4 but must be a positive integer"),
+        (["--config=experiments/none.py"], "config file experiments/none.py could not be loaded"),
+    ],
+)
+def test_launch_refuses_bad_flags_before_writing_anything(tmp_path, arguments, expected):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        launch_command(*arguments, f"--workdir={workdir}"),
+        capture_output=True,
+        text=True,
+        env=subprocess_environment(),
+        timeout=120,
+    )
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and expected in last_line, result.stderr[-2000:]
+    assert not workdir.exists()

@@ -1,0 +1,76 @@
+"""Batches are pure functions of (seed, step); evaluation counts every example once."""
+
+from unittest import mock
+
+import numpy as np
+
+from research import data
+
+
+def test_training_order_is_a_pure_function_of_seed_and_step():
+    first = [data.train_batch_indices(100, 32, seed=7, step=step) for step in range(10)]
+    again = [data.train_batch_indices(100, 32, seed=7, step=step) for step in reversed(range(10))]
+    assert all(np.array_equal(a, b) for a, b in zip(first, reversed(again), strict=True))
+    other_seed = data.train_batch_indices(100, 32, seed=8, step=0)
+    assert not np.array_equal(first[0], other_seed)
+
+
+def test_each_epoch_visits_every_example_once():
+    # 100 examples, batches of 20: steps 0-4 are epoch 0, steps 5-9 epoch 1.
+    for epoch in range(2):
+        stream = np.concatenate(
+            [data.train_batch_indices(100, 20, seed=3, step=5 * epoch + s) for s in range(5)]
+        )
+        assert sorted(stream) == list(range(100))
+
+
+def test_batch_that_straddles_two_epochs_takes_the_end_of_one_and_start_of_next():
+    epoch0 = np.random.default_rng([5, 0]).permutation(10)
+    epoch1 = np.random.default_rng([5, 1]).permutation(10)
+    # Batch 2 of size 4 covers stream positions 8..11.
+    batch = data.train_batch_indices(10, 4, seed=5, step=2)
+    np.testing.assert_array_equal(batch, np.concatenate([epoch0[8:], epoch1[:2]]))
+
+
+def test_hosts_read_disjoint_rows_that_together_form_the_global_batch():
+    train = {"x": np.arange(50) * 10}
+    rows = []
+    for host in range(2):
+        with (
+            mock.patch.object(data.parallel, "process_count", return_value=2),
+            mock.patch.object(data.parallel, "process_index", return_value=host),
+        ):
+            rows.append(data.train_batch(train, 8, seed=0, step=3)["x"])
+    global_batch = data.train_batch(train, 8, seed=0, step=3)["x"]
+    np.testing.assert_array_equal(np.concatenate(rows), global_batch)
+
+
+def test_eval_batches_pad_the_last_batch_and_mask_the_padding():
+    arrays = {"x": np.arange(10, dtype=np.float32)}
+    batches = list(data.eval_batches(arrays, 4))
+    assert [len(b["x"]) for b in batches] == [4, 4, 4]
+    masks = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(masks, [1] * 10 + [0] * 2)
+    values = np.concatenate([b["x"] for b in batches])
+    assert (values * masks).sum() == arrays["x"].sum()
+
+
+def test_eval_batches_split_over_hosts_count_each_example_once():
+    arrays = {"x": np.arange(11, dtype=np.float32)}
+    seen = []
+    for host in range(2):
+        with (
+            mock.patch.object(data.parallel, "process_count", return_value=2),
+            mock.patch.object(data.parallel, "process_index", return_value=host),
+        ):
+            for batch in data.eval_batches(arrays, 4):
+                seen.extend(batch["x"][batch["mask"] == 1].tolist())
+    assert sorted(seen) == list(range(11))
+
+
+def test_fingerprint_changes_when_any_value_changes():
+    train = {"x": np.zeros(4, np.float32)}
+    dataset = data.Dataset(train=train, eval_splits={"test": {"x": np.ones(2, np.float32)}})
+    changed = data.Dataset(train=train, eval_splits={"test": {"x": np.array([1, 2], np.float32)}})
+    assert data.fingerprint(dataset) == data.fingerprint(dataset)
+    assert data.fingerprint(dataset) != data.fingerprint(changed)
