@@ -1,0 +1,113 @@
+"""A few steps of every config, on embedded or mock data, and the workdir they leave."""
+
+import json
+import os
+import re
+
+import pytest
+import tensorflow_datasets as tfds
+
+from research import workdir as workdir_lib
+from tests.conftest import REPO_ROOT, load_config, run_experiment
+
+SHORT_RUN = {
+    "num_train_steps": 12,
+    "eval_every_steps": 6,
+    "log_every_steps": 4,
+    "checkpoint_every_steps": 4,
+    "keep_checkpoints": 2,
+    "warmup_steps": 2,
+}
+CONFIGS = {
+    "regression/configs/linear_synthetic.py": {},
+    "regression/configs/diabetes_linear.py": {},
+    "regression/configs/diabetes_mlp.py": {},
+    "image_classification/configs/mnist1d_mlp.py": {"batch_size": 32, "eval_batch_size": 256},
+    "image_classification/configs/mnist1d_cnn.py": {"batch_size": 32, "eval_batch_size": 256},
+}
+MOCK_CONFIGS = {  # real tfds datasets, replaced by tfds.testing.mock_data
+    "image_classification/configs/fashion_mnist_cnn.py": {},
+    "image_classification/configs/mnist_cnn.py": {},
+    "image_classification/configs/cifar10_resnet.py": {
+        "model.stage_sizes": (1, 1),
+        "model.width": 8,
+    },
+}
+
+
+def _config(name, data_dir, overrides):
+    path = os.path.join(REPO_ROOT, "experiments", name)
+    config = load_config(path, **SHORT_RUN, **overrides)
+    config.data_dir = data_dir
+    return config
+
+
+def _check_workdir(workdir, config, summary):
+    with open(workdir / workdir_lib.CONFIG_FILE) as file:
+        assert json.load(file) == json.loads(config.to_json_best_effort())
+    with open(workdir / workdir_lib.RUN_FILE) as file:
+        run = json.load(file)
+    assert set(run["versions"]) >= {"jax", "jaxlib", "flax", "optax", "tensorflow-datasets"}
+    assert run["devices"]["device_count"] == 1 and run["devices"]["process_count"] == 1
+    assert re.fullmatch(r"[0-9a-f]{64}", run["data_fingerprint"])
+    records = workdir_lib.read_metrics(workdir)
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    test_steps = [r["step"] for r in records if r["split"] == "test"]
+    assert train_steps == [4, 8, 12] and test_steps == [6, 12]
+    assert all(isinstance(r["loss"], float) for r in records)
+    with open(workdir / workdir_lib.SUMMARY_FILE) as file:
+        assert json.load(file) == json.loads(json.dumps(summary))
+    assert summary["test"] == {k: v for k, v in records[-1].items() if k not in ("step", "split")}
+    assert re.fullmatch(r"[0-9a-f]{64}", summary["params_sha256"])
+    assert summary["wall_time_s"] > 0 and summary["steps_per_second"] > 0
+    assert (workdir / workdir_lib.CURVES_FILE).stat().st_size > 1000
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    kept = sorted(int(n) for n in os.listdir(workdir / workdir_lib.CHECKPOINT_DIR) if n.isdigit())
+    assert kept == [8, 12]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_runs_end_to_end_and_fills_the_workdir(name, data_dir, tmp_path):
+    config = _config(name, data_dir, CONFIGS[name])
+    summary = run_experiment(config, tmp_path)
+    _check_workdir(tmp_path, config, summary)
+    if config.task == "regression":
+        assert {"mse", "r2", "closed_form_mse", "closed_form_r2"} <= set(summary["test"])
+    else:
+        assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(MOCK_CONFIGS))
+def test_config_runs_end_to_end_on_mock_data(name, tmp_path):
+    config = _config(name, str(tmp_path / "no_data_here"), MOCK_CONFIGS[name])
+    config.batch_size, config.eval_batch_size = 16, 32
+    with tfds.testing.mock_data(num_examples=40):
+        summary = run_experiment(config, tmp_path / "run")
+    _check_workdir(tmp_path / "run", config, summary)
+
+
+def test_linear_regression_reaches_the_closed_form(data_dir, tmp_path):
+    config = _config("regression/configs/linear_synthetic.py", data_dir, {})
+    config.num_train_steps, config.eval_every_steps = 400, 400
+    summary = run_experiment(config, tmp_path)
+    test = summary["test"]
+    assert test["mse"] == pytest.approx(test["closed_form_mse"], rel=1e-3)
+    assert test["r2"] == pytest.approx(test["closed_form_r2"], rel=1e-4)
+
+
+def test_rerun_of_finished_run_in_same_workdir_keeps_its_result(data_dir, tmp_path):
+    config = _config("regression/configs/diabetes_linear.py", data_dir, {})
+    first = run_experiment(config, tmp_path)
+    again = run_experiment(config, tmp_path)
+    assert again["params_sha256"] == first["params_sha256"]
+    assert again["test"] == first["test"]
+
+
+def test_workdir_of_a_different_config_is_refused_and_left_untouched(data_dir, tmp_path):
+    config = _config("regression/configs/diabetes_linear.py", data_dir, {})
+    run_experiment(config, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    config.learning_rate = 0.01
+    with pytest.raises(workdir_lib.WorkdirError, match="learning_rate"):
+        run_experiment(config, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
