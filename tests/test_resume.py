@@ -1,0 +1,67 @@
+"""A run killed mid-way and restarted ends with the parameters of an uninterrupted run."""
+
+import json
+import os
+import subprocess
+import sys
+
+from research import workdir as workdir_lib
+from tests.conftest import REPO_ROOT, load_config, run_experiment, subprocess_environment
+
+CONFIG_PATH = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
+OVERRIDES = {
+    "batch_size": 32,
+    "num_train_steps": 90,
+    "warmup_steps": 10,
+    "log_every_steps": 10,
+    "eval_every_steps": 30,
+    "checkpoint_every_steps": 20,
+}
+KILL_AT_STEP = 53
+
+# Dies like `kill -9` (no clean-up, no waiting for checkpoint writes) when asked for the
+# batch of step KILL_AT_STEP.
+DYING_SCRIPT = """
+import json, os, sys
+from research import data
+from tests.conftest import load_config, run_experiment
+kill_at_step = int(sys.argv[5])
+original_train_batch = data.train_batch
+def train_batch(train, global_batch_size, seed, step):
+    if step == kill_at_step:
+        os._exit(137)
+    return original_train_batch(train, global_batch_size, seed, step)
+data.train_batch = train_batch
+config = load_config(sys.argv[1], **json.loads(sys.argv[2]))
+config.data_dir = sys.argv[3]
+run_experiment(config, sys.argv[4])
+"""
+
+
+def test_killed_and_restarted_run_matches_uninterrupted_run(data_dir, tmp_path):
+    config = load_config(CONFIG_PATH, **OVERRIDES)
+    config.data_dir = data_dir
+    uninterrupted = run_experiment(config, tmp_path / "uninterrupted")
+
+    workdir = tmp_path / "interrupted"
+    arguments = [CONFIG_PATH, json.dumps(OVERRIDES), data_dir, str(workdir), str(KILL_AT_STEP)]
+    died = subprocess.run(
+        [sys.executable, "-c", DYING_SCRIPT, *arguments],
+        capture_output=True,
+        text=True,
+        env=subprocess_environment(),
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert died.returncode == 137, died.stderr[-3000:]
+    assert not (workdir / workdir_lib.SUMMARY_FILE).exists()
+    saved = [int(n) for n in os.listdir(workdir / workdir_lib.CHECKPOINT_DIR) if n.isdigit()]
+    assert max(saved) <= 40  # the restart has steps to redo
+
+    resumed = run_experiment(config, workdir)
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
+    assert resumed["test"] == uninterrupted["test"]
+    # The metrics of the lost steps were written again, not twice.
+    records = [(r["step"], r["split"]) for r in workdir_lib.read_metrics(workdir)]
+    expected = [(r["step"], r["split"]) for r in workdir_lib.read_metrics(tmp_path / "uninterrupted")]
+    assert records == expected
