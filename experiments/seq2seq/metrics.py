@@ -1,0 +1,40 @@
+"""Translation metrics over a whole evaluation set: sacreBLEU corpus BLEU and exact match."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sacrebleu
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+    """sacreBLEU (13a tokenization) of detokenized hypotheses against one reference each.
+
+    Returns the score in [0, 100] and sacreBLEU's signature, which records how it was computed.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            f"BLEU needs one reference per hypothesis, got {len(hypotheses)} hypotheses and "
+            f"{len(references)} references."
+        )
+    if not hypotheses:
+        raise ValueError("BLEU of an empty set is undefined; evaluate on at least one pair.")
+    bleu = sacrebleu.metrics.BLEU()
+    score = bleu.corpus_score(list(hypotheses), [list(references)])
+    return float(score.score), str(bleu.get_signature())
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of hypotheses equal to their reference, character for character."""
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            f"Exact match needs one reference per hypothesis, got {len(hypotheses)} hypotheses "
+            f"and {len(references)} references."
+        )
+    if not hypotheses:
+        raise ValueError("Exact match of an empty set is undefined; evaluate on at least one pair.")
+    matches = sum(
+        hypothesis == reference
+        for hypothesis, reference in zip(hypotheses, references, strict=True)
+    )
+    return matches / len(hypotheses)

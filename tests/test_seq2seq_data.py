@@ -1,0 +1,274 @@
+"""Seq2seq data: tokenizers round-trip and cache, corpora read exactly, metrics match sacreBLEU."""
+
+import gzip
+import pathlib
+import time
+from unittest import mock
+
+import pytest
+import sacrebleu
+import sentencepiece
+
+from experiments.seq2seq import corpora, metrics, scan, tokenizers
+
+MULTI30K = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
+needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"Multi30k is not at {MULTI30K}")
+
+# Stands in for Multi30k where it is absent: short German-English pairs in its style.
+FIXTURE_PAIRS = [
+    ("Ein Mann fährt Fahrrad auf einer Straße.", "A man rides a bicycle on a street."),
+    ("Zwei Kinder spielen im Park.", "Two children are playing in the park."),
+    ("Eine Frau liest ein Buch im Café.", "A woman is reading a book in a cafe."),
+    ("Ein Hund rennt über eine grüne Wiese.", "A dog runs across a green meadow."),
+    ("Drei Männer stehen vor einem Gebäude.", "Three men stand in front of a building."),
+    ("Ein Mädchen in einem roten Kleid tanzt.", "A girl in a red dress is dancing."),
+    ("Ein Junge springt in einen See.", "A boy jumps into a lake."),
+    ("Eine Gruppe von Leuten wartet auf den Bus.", "A group of people waits for the bus."),
+    ("Ein Koch bereitet in der Küche Essen zu.", "A cook prepares food in the kitchen."),
+    ("Zwei Hunde spielen mit einem Ball.", "Two dogs are playing with a ball."),
+    ("Ein älterer Mann sitzt auf einer Bank.", "An older man is sitting on a bench."),
+    ("Eine Frau mit Hut geht die Straße entlang.", "A woman with a hat walks down the street."),
+    ("Kinder schwimmen im blauen Wasser.", "Children swim in the blue water."),
+    ("Ein Arbeiter repariert ein Dach.", "A worker is repairing a roof."),
+    ("Ein Musiker spielt Gitarre auf der Bühne.", "A musician plays guitar on the stage."),
+    ("Zwei Frauen unterhalten sich am Tisch.", "Two women are talking at the table."),
+]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_corpus() -> tuple[list[str], int]:
+    """Training texts (German then English) and a vocabulary size they can support."""
+    if MULTI30K.is_dir():
+        splits = corpora.read_parallel_folder(MULTI30K, "de", "en")
+        return tokenizers.training_texts(splits["train"][:2000]), 1000
+    return tokenizers.training_texts(FIXTURE_PAIRS), 150
+
+
+def write_lines(path: pathlib.Path, lines: list[str]) -> None:
+    content = "".join(f"{line}\n" for line in lines).encode("utf-8")
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(content))
+    else:
+        path.write_bytes(content)
+
+
+# Tokenizers.
+
+
+def test_word_tokenizer_round_trips_every_scan_sentence():
+    split = scan.load_split("simple")
+    tokenizer = tokenizers.WordTokenizer.from_texts(tokenizers.training_texts(split["train"]))
+    assert tokenizer.words == sorted(tokenizer.words)
+    assert tokenizer.vocab_size == tokenizers.NUM_RESERVED_IDS + len(tokenizer.words)
+    for command, actions in split["train"] + split["test"]:
+        for text in (command, actions):
+            ids = tokenizer.encode(text)
+            assert min(ids) >= tokenizers.NUM_RESERVED_IDS
+            assert tokenizer.decode(ids) == text
+
+
+def test_word_tokenizer_maps_unknown_words_to_unk_and_decode_stops_at_eos():
+    tokenizer = tokenizers.WordTokenizer.from_texts(["walk left", "jump"])
+    # Sorted words: jump=4, left=5, walk=6.
+    assert tokenizer.encode("walk fly left") == [6, tokenizers.UNK_ID, 5]
+    ids = [tokenizers.BOS_ID, 6, tokenizers.PAD_ID, 4, tokenizers.EOS_ID, 5, tokenizers.PAD_ID]
+    assert tokenizer.decode(ids) == "walk jump"
+    assert tokenizer.decode([tokenizers.UNK_ID]) == tokenizers.UNK_TOKEN
+
+
+def test_saved_word_tokenizer_loads_identically(tmp_path):
+    tokenizer = tokenizers.WordTokenizer.from_texts(["turn left twice", "I_TURN_LEFT I_WALK"])
+    tokenizer.save(tmp_path)
+    loaded = tokenizers.load_tokenizer(tmp_path)
+    assert isinstance(loaded, tokenizers.WordTokenizer)
+    assert loaded.words == tokenizer.words
+    assert loaded.encode("turn left I_WALK x") == tokenizer.encode("turn left I_WALK x")
+
+
+def test_training_texts_takes_both_sides_or_one():
+    pairs = [("a b", "x"), ("c", "y z")]
+    assert tokenizers.training_texts(pairs) == ["a b", "c", "x", "y z"]
+    assert tokenizers.training_texts(pairs, "source") == ["a b", "c"]
+    assert tokenizers.training_texts(pairs, "target") == ["x", "y z"]
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_round_trips_sentences(tmp_path, sentencepiece_corpus, model_type):
+    texts, vocab_size = sentencepiece_corpus
+    tokenizer = tokenizers.train_or_load_sentencepiece(texts, vocab_size, model_type, tmp_path)
+    assert tokenizer.vocab_size == vocab_size
+    for text in texts[:500]:
+        ids = tokenizer.encode(text)
+        assert min(ids) >= tokenizers.NUM_RESERVED_IDS, "no special ids inside a sentence"
+        assert tokenizer.decode(ids) == text
+        padded = [tokenizers.BOS_ID, *ids, tokenizers.EOS_ID, 7, tokenizers.PAD_ID]
+        assert tokenizer.decode(padded) == text
+
+
+def test_sentencepiece_training_is_byte_identical_when_repeated(sentencepiece_corpus):
+    texts, vocab_size = sentencepiece_corpus
+    for model_type in ("unigram", "bpe"):
+        first = tokenizers.train_sentencepiece(texts, vocab_size, model_type)
+        second = tokenizers.train_sentencepiece(texts, vocab_size, model_type)
+        assert first.model_proto == second.model_proto
+
+
+def test_sentencepiece_cache_is_reused_without_retraining(tmp_path, sentencepiece_corpus):
+    texts, vocab_size = sentencepiece_corpus
+    trained = tokenizers.train_or_load_sentencepiece(texts, vocab_size, "bpe", tmp_path)
+    (cached_file,) = tmp_path.glob("*.model")
+    key = tokenizers.sentencepiece_cache_key(texts, vocab_size, "bpe")
+    assert cached_file.name == f"{key}.model"
+    modified = cached_file.stat().st_mtime_ns
+    refuse = AssertionError("retrained although the model was cached")
+    with mock.patch.object(sentencepiece.SentencePieceTrainer, "train", side_effect=refuse):
+        loaded = tokenizers.train_or_load_sentencepiece(texts, vocab_size, "bpe", tmp_path)
+    assert cached_file.stat().st_mtime_ns == modified
+    assert loaded.model_proto == trained.model_proto
+    # Any change to what is trained on is a different cache entry.
+    assert tokenizers.sentencepiece_cache_key(texts[:-1], vocab_size, "bpe") != key
+    assert tokenizers.sentencepiece_cache_key(texts, vocab_size - 1, "bpe") != key
+    assert tokenizers.sentencepiece_cache_key(texts, vocab_size, "unigram") != key
+
+
+def test_saved_sentencepiece_tokenizer_loads_identically(tmp_path, sentencepiece_corpus):
+    texts, vocab_size = sentencepiece_corpus
+    tokenizer = tokenizers.train_or_load_sentencepiece(
+        texts, vocab_size, "unigram", tmp_path / "cache"
+    )
+    tokenizer.save(tmp_path / "workdir")
+    loaded = tokenizers.load_tokenizer(tmp_path / "workdir")
+    assert isinstance(loaded, tokenizers.SentencePieceTokenizer)
+    assert loaded.model_proto == tokenizer.model_proto
+    assert [loaded.encode(text) for text in texts[:200]] == [
+        tokenizer.encode(text) for text in texts[:200]
+    ]
+
+
+def test_sentencepiece_vocabulary_too_large_for_the_text_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="lower the vocabulary size"):
+        tokenizers.train_or_load_sentencepiece(["a b c", "b c a"], 5000, "unigram", tmp_path)
+
+
+def test_loading_a_tokenizer_from_an_empty_directory_names_the_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="word_vocabulary.json and sentencepiece.model"):
+        tokenizers.load_tokenizer(tmp_path)
+
+
+# Corpora.
+
+
+def test_folder_reader_reads_plain_and_gzipped_files_into_named_splits(tmp_path):
+    write_lines(tmp_path / "train.de", ["Ein Hund.", "  Zwei  Katzen. "])
+    write_lines(tmp_path / "train.en.gz", ["A dog.", "  Two  cats. "])
+    write_lines(tmp_path / "val.de.gz", ["Hallo."])
+    write_lines(tmp_path / "val.en", ["Hello."])
+    write_lines(tmp_path / "test_2016_flickr.de.gz", ["Ja.", ""])
+    write_lines(tmp_path / "test_2016_flickr.en.gz", ["Yes.", ""])
+    # Windows line endings are stripped too, and files of other languages are ignored.
+    (tmp_path / "test_2017_flickr.de").write_bytes(b"Nein.\r\n")
+    (tmp_path / "test_2017_flickr.en").write_bytes(b"No.\r\n")
+    write_lines(tmp_path / "test_2018_flickr.fr", ["Oui."])
+    write_lines(tmp_path / "README", ["not a split"])
+    splits = corpora.read_parallel_folder(tmp_path, "de", "en")
+    assert splits == {
+        "train": [("Ein Hund.", "A dog."), ("  Zwei  Katzen. ", "  Two  cats. ")],
+        "valid": [("Hallo.", "Hello.")],
+        "test_2016_flickr": [("Ja.", "Yes."), ("", "")],
+        "test_2017_flickr": [("Nein.", "No.")],
+    }
+    assert corpora.read_parallel_folder(tmp_path, "en", "de")["train"][0] == ("A dog.", "Ein Hund.")
+
+
+def test_folder_reader_refuses_sides_of_different_lengths(tmp_path):
+    write_lines(tmp_path / "train.de", ["a", "b", "c"])
+    write_lines(tmp_path / "train.en", ["x", "y"])
+    with pytest.raises(ValueError, match=r"train\.de has 3 lines but .*train\.en has 2"):
+        corpora.read_parallel_folder(tmp_path, "de", "en")
+
+
+def test_folder_reader_names_the_missing_folder_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist .*train\.de\[\.gz\]"):
+        corpora.read_parallel_folder(tmp_path / "nowhere", "de", "en")
+    write_lines(tmp_path / "train.de", ["a"])
+    with pytest.raises(FileNotFoundError, match=r"lacks .*train\.en\[\.gz\]"):
+        corpora.read_parallel_folder(tmp_path, "de", "en")
+
+
+@needs_multi30k
+def test_multi30k_folder_has_the_published_split_sizes():
+    splits = corpora.read_parallel_folder(MULTI30K, "de", "en")
+    sizes = {name: len(pairs) for name, pairs in splits.items()}
+    assert sizes == {
+        "train": 29_000,
+        "valid": 1_014,
+        "test_2016_flickr": 1_000,
+        "test_2017_flickr": 1_000,
+    }
+    assert splits["train"][0] == (
+        "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
+        "Two young, White males are outside near many bushes.",
+    )
+
+
+def test_wmt_that_is_not_prepared_is_refused_quickly_without_network(tmp_path):
+    network = AssertionError("read_wmt tried to reach the network")
+    started = time.monotonic()
+    with (
+        mock.patch("socket.socket.connect", side_effect=network),
+        pytest.raises(
+            FileNotFoundError, match=r"wmt14_translate/de-en is not prepared in .*tfds build"
+        ),
+    ):
+        corpora.read_wmt("wmt14_translate/de-en", tmp_path, "de", "en")
+    assert time.monotonic() - started < 20
+
+
+def test_wmt_reader_returns_train_valid_test_pairs_from_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    mock_data = tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE)
+    # mock_data replaces reading but not the prepared-on-disk check.
+    prepared = mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True)
+    with mock_data, prepared:
+        splits = corpora.read_wmt("wmt17_translate/de-en", tmp_path, "en", "de")
+    assert list(splits) == ["train", "valid", "test"]
+    for pairs in splits.values():
+        assert len(pairs) == 3
+        assert all(isinstance(text, str) for pair in pairs for text in pair)
+
+
+# Metrics.
+
+HYPOTHESES = [
+    "A man rides a bike down the street.",
+    "Two kids play in a park.",
+    "The woman is reading a book.",
+    "A dog runs across a green meadow.",
+]
+REFERENCES = [
+    "A man rides a bicycle on a street.",
+    "Two children are playing in the park.",
+    "A woman is reading a book in a cafe.",
+    "A dog runs across a green meadow.",
+]
+
+
+def test_corpus_bleu_is_sacrebleu_over_the_whole_set():
+    score, signature = metrics.corpus_bleu(HYPOTHESES, REFERENCES)
+    assert score == sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score
+    assert 0.0 < score < 100.0
+    assert "nrefs:1" in signature and "tok:13a" in signature
+    assert f"version:{sacrebleu.__version__}" in signature
+
+
+def test_corpus_bleu_is_100_for_identical_text_and_0_without_shared_words():
+    assert metrics.corpus_bleu(REFERENCES, REFERENCES)[0] == pytest.approx(100.0)
+    assert metrics.corpus_bleu(["alpha beta gamma delta"], ["one two three four"])[0] == 0.0
+
+
+def test_exact_match_counts_identical_strings():
+    assert metrics.exact_match(HYPOTHESES, REFERENCES) == 0.25
+    assert metrics.exact_match(["walk", "jump"], ["walk", "jump"]) == 1.0
+    # Case and spacing count: a near miss is a miss.
+    assert metrics.exact_match(["Walk", "jump "], ["walk", "jump"]) == 0.0
