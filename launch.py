@@ -18,6 +18,12 @@ DEFAULT_CONFIG = "experiments/image_classification/configs/mnist1d_cnn.py"
 
 flags.DEFINE_string("workdir", None, "Where the run writes its records and checkpoints.")
 flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir.")
+flags.DEFINE_string(
+    "init_from", None, "Start from the parameters of the run in this workdir (a new run)."
+)
+flags.DEFINE_string(
+    "reproduce", None, "Rerun the finished run in this workdir and compare the results."
+)
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
@@ -101,34 +107,56 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass settings as --config.<key>=<value>.")
-    python_logging.getLogger("absl").addFilter(_keep_log_record)
     # Import after flag parsing so XLA sees the environment the user set.
+    from research import checkpoints, data, parallel, preemption, reproduce, trainer
     from research import config as config_lib
-    from research import data, parallel, trainer
     from research import workdir as workdir_lib
 
     if FLAGS.coordinator_address or FLAGS.distributed:
         parallel.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
-    config = FLAGS.config
-    workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
     try:
+        if FLAGS.reproduce:
+            config = reproduce.load_config(FLAGS.reproduce)
+            workdir = FLAGS.workdir or f"{FLAGS.reproduce.rstrip('/')}-reproduced"
+        else:
+            config = FLAGS.config
+            workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
         config_lib.validate(config, parallel.global_device_count())
-        task_module = importlib.import_module(f"experiments.{config.task}.task")
+        task = _import_task(config.task).get_task(config)
         if FLAGS.overwrite:
             workdir_lib.remove_run(workdir)
         logging.info("Workdir: %s", os.path.abspath(workdir))
-        trainer.train_and_evaluate(config, workdir, task_module.get_task(config))
+        trainer.train_and_evaluate(config, workdir, task, init_from=FLAGS.init_from)
+        if FLAGS.reproduce:
+            report = reproduce.compare(FLAGS.reproduce, workdir)
+            print(reproduce.describe(report))
+            sys.exit(0 if report["params_match"] and report["metrics_match"] else 1)
+    except preemption.Preempted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(0)
+    except (
+        config_lib.ConfigError,
+        data.DatasetMissingError,
+        workdir_lib.WorkdirError,
+        checkpoints.CheckpointError,
+        trainer.TrainingDivergedError,
+    ) as error:
+        _fail(str(error))
+
+
+def _import_task(name: str):
+    """The module experiments/<name>/task.py."""
+    try:
+        return importlib.import_module(f"experiments.{name}.task")
     except ModuleNotFoundError as error:
-        if error.name and error.name.startswith(f"experiments.{config.task}"):
+        if error.name and f"experiments.{name}".startswith(error.name):
             _fail(
-                f"config.task '{config.task}' has no module experiments/{config.task}/task.py; "
+                f"config.task '{name}' has no module experiments/{name}/task.py; "
                 "set config.task to regression, image_classification or seq2seq."
             )
         raise
-    except (config_lib.ConfigError, data.DatasetMissingError, workdir_lib.WorkdirError) as error:
-        _fail(str(error))
 
 
 if __name__ == "__main__":

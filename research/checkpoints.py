@@ -1,42 +1,96 @@
 """Saving and restoring the train state with orbax; the last K checkpoints are kept.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a
-checkpoint being written when the process dies is never the one restored.
+checkpoint being written when the process dies is never the one restored. A checkpoint that
+is complete but unreadable (truncated or corrupted later) is moved aside and the previous one
+is restored.
 """
 
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
+from research import parallel
 from research.steps import TrainState
+
+CORRUPT_DIR = "corrupt_checkpoints"
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written or no checkpoint could be read."""
 
 
 class Checkpointer:
     """Checkpoints of one workdir; every process takes part, as orbax requires."""
 
     def __init__(self, directory: str, keep: int):
-        self._manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        self.directory = os.path.abspath(directory)
+        self._keep = keep
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True),
         )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, state: TrainState) -> None:
-        """Saves a host copy of `state` (asynchronously; `wait` blocks until written)."""
+        """Starts saving a host copy of `state`; `wait` blocks until it is written."""
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.StandardSave(state))
+        try:
+            self._manager.save(step, args=ocp.args.StandardSave(state))
+        except Exception as error:
+            raise self._write_error(step, error) from error
 
-    def restore(self, step: int, like: TrainState) -> TrainState:
-        """The state saved at `step`, with the structure and dtypes of `like`."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    def _write_error(self, step: int, error: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"Could not write the checkpoint of step {step} to {self.directory} ({error}); "
+            "earlier checkpoints are intact: free disk space or fix the directory, then "
+            "launch the same command again to resume."
+        )
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._write_error(self.latest_step() or -1, error) from error
+
+    def restore_latest(self, like: TrainState) -> TrainState | None:
+        """The newest readable checkpoint as a state shaped like `like`, or None if none."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as error:  # orbax raises many types for damaged files
+                logging.warning(
+                    "The checkpoint of step %d is unreadable (%s); restoring the one before.",
+                    step,
+                    error,
+                )
+                self._set_aside(step)
+                continue
+            logging.info("Restored the checkpoint of step %d from %s.", step, self.directory)
+            return state
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        """Moves a damaged checkpoint out of the way (kept for inspection, not deleted)."""
+        parallel.sync_hosts(f"set_aside_{step}")
+        if parallel.process_index() == 0:
+            destination = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR, str(step))
+            shutil.rmtree(destination, ignore_errors=True)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), destination)
+        parallel.sync_hosts(f"set_aside_done_{step}")
+        self._manager.close()
+        self._manager = self._open()
 
     def close(self) -> None:
         self._manager.close()

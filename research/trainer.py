@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import checkpoints, data, optimizers, parallel, steps
+from research import checkpoints, data, optimizers, parallel, preemption, steps
 from research import workdir as workdir_lib
 from research.config import validate
 from research.task import Task
@@ -49,8 +49,34 @@ def _summarize_train(pending: list[dict], task: Task) -> dict[str, float]:
 
 
 def _first_nonfinite_step(pending: list[dict], first_step: int) -> int | None:
+    """The 1-based step number whose loss or gradient was not finite, if any."""
     finite = [bool(parallel.unreplicate(metrics["all_finite"])) for metrics in pending]
     return None if all(finite) else first_step + finite.index(False)
+
+
+def _raise_if_diverged(pending: list[dict], done: int, last_saved: int, config) -> None:
+    """Stops training at a non-finite loss or gradient unless such steps are skipped."""
+    if config.get("skip_nonfinite_steps", False):
+        return
+    bad_step = _first_nonfinite_step(pending, done - len(pending) + 1)
+    if bad_step is not None:
+        raise TrainingDivergedError(
+            f"The loss or a gradient became NaN or infinite at step {bad_step}; the checkpoint "
+            f"of step {last_saved} is intact. Lower the learning rate, set "
+            "--config.grad_clip_norm, or set --config.skip_nonfinite_steps=True."
+        )
+
+
+def _log_progress(done: int, num_steps: int, train_metrics: dict[str, float]) -> None:
+    speed = train_metrics["steps_per_second"]
+    logging.info(
+        "step %d/%d  loss %.5g  %.1f steps/s  ETA %s",
+        done,
+        num_steps,
+        train_metrics["loss"],
+        speed,
+        time.strftime("%H:%M:%S", time.gmtime((num_steps - done) / speed)),
+    )
 
 
 def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:
@@ -62,12 +88,30 @@ def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:
     logging.info("Final metrics:\n%s", "\n".join(lines))
 
 
+def _initialize_from(other_workdir: str, state: steps.TrainState, config) -> steps.TrainState:
+    """A fresh state (step 0, new optimizer state) with the parameters of another run."""
+    source = checkpoints.Checkpointer(
+        os.path.join(other_workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
+    )
+    restored = source.restore_latest(like=state)
+    source.close()
+    if restored is None:
+        raise workdir_lib.WorkdirError(
+            f"--init_from={other_workdir} has no readable checkpoint; pass the workdir of a run "
+            "that saved one."
+        )
+    logging.info("Initialized the parameters from %s (step %d).", other_workdir, restored.step)
+    return state.replace(params=restored.params, model_state=restored.model_state)
+
+
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, task: Task
+    config: ml_collections.ConfigDict, workdir: str, task: Task, *, init_from: str | None = None
 ) -> dict[str, Any]:
     """Trains `task` as `config` says, resuming from the workdir's latest checkpoint.
 
-    Returns the summary also written to `workdir/summary.json`.
+    Without a checkpoint, `init_from` (another run's workdir) supplies the initial parameters.
+    SIGTERM or SIGINT saves a checkpoint and raises `preemption.Preempted`. Returns the
+    summary also written to `workdir/summary.json`.
     """
     validate(config, parallel.global_device_count())
     workdir_lib.check_config_matches(workdir, config)
@@ -84,11 +128,12 @@ def train_and_evaluate(
     checkpointer = checkpoints.Checkpointer(
         os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
     )
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state = checkpointer.restore(latest, like=state)
-        writer.truncate_metrics_after(latest)
-        logging.info("Resumed from the checkpoint at step %d in %s.", latest, workdir)
+    restored = checkpointer.restore_latest(like=state)
+    if restored is not None:
+        state = restored
+        writer.truncate_metrics_after(int(state.step))
+    elif init_from:
+        state = _initialize_from(init_from, state, config)
     writer.write_config(config)
     writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
     reference = task.reference_metrics(dataset) if task.reference_metrics else {}
@@ -132,46 +177,42 @@ def train_and_evaluate(
     interval_start, interval_first_step = time.time(), first_step
     loop_start, train_metrics, eval_results = None, {}, {}
     last_saved = first_step
-    for step in range(first_step, num_steps):
-        batch = data.train_batch(dataset.train, config.batch_size, config.seed, step)
-        p_state, step_metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
-        pending.append(step_metrics)
-        done = step + 1
-        if loop_start is None:  # exclude compilation from the measured speed
-            jax.block_until_ready(step_metrics)
-            loop_start, loop_first_step = time.time(), done
-        is_last = done == num_steps
-        must_check = done % config.log_every_steps == 0 or is_last
-        must_save = done % config.checkpoint_every_steps == 0 or is_last
-        if must_check or must_save:
-            bad_step = _first_nonfinite_step(pending, done - len(pending))
-            if bad_step is not None and not config.get("skip_nonfinite_steps", False):
-                checkpointer.wait()
-                raise TrainingDivergedError(
-                    f"The loss or a gradient became NaN or infinite at step {bad_step}; "
-                    f"the checkpoint at step {last_saved} is intact. Lower the learning rate, "
-                    "set --config.grad_clip_norm, or set --config.skip_nonfinite_steps=True."
+    with preemption.SignalWatcher() as signals:
+        for step in range(first_step, num_steps):
+            batch = data.train_batch(dataset.train, config.batch_size, config.seed, step)
+            p_state, step_metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
+            pending.append(step_metrics)
+            done = step + 1
+            if loop_start is None:  # exclude compilation from the measured speed
+                jax.block_until_ready(step_metrics)
+                loop_start, loop_first_step = time.time(), done
+            is_last = done == num_steps
+            must_log = done % config.log_every_steps == 0 or is_last
+            stop = signals.should_stop(at_sync_point=must_log)
+            must_save = done % config.checkpoint_every_steps == 0 or is_last or stop
+            if must_log or must_save:
+                _raise_if_diverged(pending, done, last_saved, config)
+            if must_log:
+                train_metrics = _summarize_train(pending, task)
+                now = time.time()
+                train_metrics["steps_per_second"] = (done - interval_first_step) / (
+                    now - interval_start
                 )
-            train_metrics = _summarize_train(pending, task)
-            now = time.time()
-            steps_per_second = (done - interval_first_step) / (now - interval_start)
-            train_metrics["steps_per_second"] = steps_per_second
-            writer.write_metrics(done, "train", train_metrics)
-            eta_seconds = (num_steps - done) / steps_per_second
-            logging.info(
-                "step %d/%d  loss %.5g  %.1f steps/s  ETA %s",
-                done,
-                num_steps,
-                train_metrics["loss"],
-                steps_per_second,
-                time.strftime("%H:%M:%S", time.gmtime(eta_seconds)),
-            )
-            pending, interval_start, interval_first_step = [], now, done
-        if done % config.eval_every_steps == 0 or is_last:
-            eval_results = run_evaluation(done)
-        if must_save:
-            checkpointer.save(done, parallel.unreplicate(p_state))
-            last_saved = done
+                writer.write_metrics(done, "train", train_metrics)
+                _log_progress(done, num_steps, train_metrics)
+                pending, interval_start, interval_first_step = [], now, done
+            if done % config.eval_every_steps == 0 or is_last:
+                eval_results = run_evaluation(done)
+            if must_save:
+                checkpointer.save(done, parallel.unreplicate(p_state))
+                last_saved = done
+            if stop and not is_last:
+                checkpointer.wait()
+                checkpointer.close()
+                raise preemption.Preempted(
+                    f"Stopped by a signal at step {done} after saving a checkpoint in "
+                    f"{workdir}; run the same command again to resume from step {done}."
+                )
     if first_step >= num_steps:  # resumed a finished run: evaluate it again
         eval_results = run_evaluation(num_steps)
     checkpointer.wait()

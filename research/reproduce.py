@@ -1,0 +1,90 @@
+"""Compares a rerun with the run it reproduces: parameters and every recorded metric."""
+
+import json
+import os
+
+import ml_collections
+
+from research import workdir as workdir_lib
+
+TIMING_METRICS = ("steps_per_second",)  # measurements of the machine, not of the run
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a finished run recorded in its workdir."""
+    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise workdir_lib.WorkdirError(
+            f"{workdir} has no {workdir_lib.CONFIG_FILE}; pass --reproduce the workdir of a "
+            "run made by launch.py."
+        )
+    with open(path) as file:
+        return ml_collections.ConfigDict(json.load(file))
+
+
+def _summary(workdir: str) -> dict:
+    path = os.path.join(workdir, workdir_lib.SUMMARY_FILE)
+    if not os.path.exists(path):
+        raise workdir_lib.WorkdirError(
+            f"{workdir} has no {workdir_lib.SUMMARY_FILE} (the run did not finish); resume it "
+            "by launching it again before reproducing it."
+        )
+    with open(path) as file:
+        return json.load(file)
+
+
+def first_difference(original: list[dict], rerun: list[dict]) -> dict | None:
+    """The first (step, split, metric) whose values differ, or None if all are identical."""
+    for before, after in zip(original, rerun, strict=False):
+        if (before["step"], before["split"]) != (after["step"], after["split"]):
+            return {"step": before["step"], "split": before["split"], "metric": "(records)"}
+        for name in sorted(set(before) | set(after)):
+            if name in TIMING_METRICS:
+                continue
+            if before.get(name) != after.get(name):
+                return {
+                    "step": before["step"],
+                    "split": before["split"],
+                    "metric": name,
+                    "original": before.get(name),
+                    "rerun": after.get(name),
+                }
+    if len(original) != len(rerun):
+        shorter = original if len(original) < len(rerun) else rerun
+        step = shorter[-1]["step"] if shorter else 0
+        return {"step": step, "split": "", "metric": "(number of records)"}
+    return None
+
+
+def compare(original_workdir: str, rerun_workdir: str) -> dict:
+    """Whether the rerun reproduced the original: parameters hash and metrics."""
+    original_hash = _summary(original_workdir)["params_sha256"]
+    rerun_hash = _summary(rerun_workdir)["params_sha256"]
+    difference = first_difference(
+        workdir_lib.read_metrics(original_workdir), workdir_lib.read_metrics(rerun_workdir)
+    )
+    return {
+        "params_match": original_hash == rerun_hash,
+        "metrics_match": difference is None,
+        "first_difference": difference,
+        "original_params_sha256": original_hash,
+        "rerun_params_sha256": rerun_hash,
+    }
+
+
+def describe(report: dict) -> str:
+    """A short human-readable verdict."""
+    if report["params_match"] and report["metrics_match"]:
+        return f"Reproduced: params_sha256 {report['rerun_params_sha256']} and every metric match."
+    lines = ["NOT reproduced:"]
+    if not report["params_match"]:
+        lines.append(
+            f"  params_sha256 {report['rerun_params_sha256']} "
+            f"!= original {report['original_params_sha256']}"
+        )
+    if difference := report["first_difference"]:
+        lines.append(
+            f"  metrics first differ at step {difference['step']} ({difference['split']} "
+            f"{difference['metric']}: {difference.get('original')} -> {difference.get('rerun')})"
+        )
+    return "\n".join(lines)
