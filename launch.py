@@ -27,6 +27,9 @@ flags.DEFINE_string(
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 30, "Multi-host: how long before a silent process fails the run."
+)
 flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() and let it detect the cluster."
 )
@@ -114,7 +117,10 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.coordinator_address or FLAGS.distributed:
         parallel.initialize_distributed(
-            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
     try:
         if FLAGS.reproduce:

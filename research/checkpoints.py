@@ -47,6 +47,7 @@ class Checkpointer:
         try:
             self._manager.save(step, args=ocp.args.StandardSave(state))
         except Exception as error:
+            self._manager.wait_until_finished()  # let earlier checkpoints finish writing
             raise self._write_error(step, error) from error
 
     def _write_error(self, step: int, error: Exception) -> CheckpointError:

@@ -19,14 +19,22 @@ PyTree = Any
 
 
 def initialize_distributed(
-    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    heartbeat_timeout_seconds: int = 30,
 ) -> None:
-    """Joins a multi-process run; with no arguments JAX detects the cluster (TPU, SLURM, MPI)."""
+    """Joins a multi-process run; with no arguments JAX detects the cluster (TPU, SLURM, MPI).
+
+    A process that stops answering for `heartbeat_timeout_seconds` makes the others exit with
+    an error instead of waiting forever in a collective.
+    """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
 
 

@@ -99,9 +99,7 @@ def test_four_devices_give_the_losses_of_one_device(data_dir, tmp_path):
 
 
 def test_sharded_padded_evaluation_equals_numpy_over_the_whole_split(data_dir):
-    output = _run_script(
-        EVAL_SCRIPT, CONFIG_PATH, json.dumps(OVERRIDES), data_dir, device_count=4
-    )
+    output = _run_script(EVAL_SCRIPT, CONFIG_PATH, json.dumps(OVERRIDES), data_dir, device_count=4)
     result = json.loads(output.strip().splitlines()[-1])
     assert result["devices"] == 4 and result["num_examples"] % OVERRIDES["eval_batch_size"]
     # Accuracy is a count over 1000 examples: exactly equal, not approximately.

@@ -63,5 +63,7 @@ def test_killed_and_restarted_run_matches_uninterrupted_run(data_dir, tmp_path):
     assert resumed["test"] == uninterrupted["test"]
     # The metrics of the lost steps were written again, not twice.
     records = [(r["step"], r["split"]) for r in workdir_lib.read_metrics(workdir)]
-    expected = [(r["step"], r["split"]) for r in workdir_lib.read_metrics(tmp_path / "uninterrupted")]
+    expected = [
+        (r["step"], r["split"]) for r in workdir_lib.read_metrics(tmp_path / "uninterrupted")
+    ]
     assert records == expected
