@@ -78,14 +78,16 @@ def example_batch(model, seed=0):
     return inputs, targets
 
 
-def random_variables(model, inputs, targets, seed=0):
+def random_variables(model, inputs, targets, scale=0.3, seed=0):
     """Random parameters in the model's shapes; the tests do not depend on the initializers,
     and skipping `init` saves compiling it."""
     shapes = jax.eval_shape(
         functools.partial(model.init, train=False), jax.random.key(0), inputs, targets
     )
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda leaf: jnp.asarray(rng.normal(0, 0.3, leaf.shape), leaf.dtype), shapes)
+    return jax.tree.map(
+        lambda leaf: jnp.asarray(rng.normal(0, scale, leaf.shape), leaf.dtype), shapes
+    )
 
 
 @functools.cache
@@ -231,18 +233,28 @@ def all_hypotheses(vocab_size, max_length):
     return np.array(hypotheses, np.int32), np.array(lengths)
 
 
-@functools.cache
-def exhaustive_search_setup():
-    """A tiny model with targets over PAD, BOS, EOS and one more token, and every hypothesis of
-    up to 4 tokens with its log-probability `[batch, hypotheses]` under that model."""
+# Models whose random parameters (scale, seed) make the search non-trivial: the best hypothesis
+# changes with the length penalty and is not always the greedy one (checked in the test).
+EXHAUSTIVE_SEARCH_MODELS = {
+    "lstm": (tiny_lstm(target_vocab_size=5, dropout_rate=0.0, num_layers=1), 0.6, 3),
+    "transformer": (
+        tiny_transformer(target_vocab_size=5, dropout_rate=0.0, pre_layer_norm=False),
+        1.0,
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", EXHAUSTIVE_SEARCH_MODELS)
+def test_beam_search_finds_the_exhaustive_best_hypothesis(name):
+    model, parameter_scale, seed = EXHAUSTIVE_SEARCH_MODELS[name]
     max_length = 4
-    model = tiny_transformer(target_vocab_size=4, dropout_rate=0.0)
     inputs, targets = example_batch(model)
-    variables = random_variables(model, inputs, targets[:, :max_length], seed=1)
+    variables = random_variables(model, inputs, targets[:, :max_length], parameter_scale, seed)
     hypotheses, lengths = all_hypotheses(model.target_vocab_size, max_length)
 
     @jax.jit
-    def hypothesis_log_probs(inputs):
+    def hypothesis_log_probs(inputs):  # [batch, hypotheses]
         repeated_inputs = jnp.repeat(inputs, len(hypotheses), axis=0)
         repeated_hypotheses = jnp.tile(hypotheses, (BATCH_SIZE, 1))
         logits = model.apply(variables, repeated_inputs, repeated_hypotheses, train=False)
@@ -252,28 +264,27 @@ def exhaustive_search_setup():
         scored = jnp.arange(max_length)[None, :] < jnp.tile(lengths, BATCH_SIZE)[:, None]
         return jnp.sum(jnp.where(scored, token_log_probs, 0.0), axis=1).reshape(BATCH_SIZE, -1)
 
-    return model, variables, inputs, hypotheses, lengths, hypothesis_log_probs(inputs)
-
-
-@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 3.0])
-def test_beam_search_finds_the_exhaustive_best_hypothesis(length_penalty):
-    model, variables, inputs, hypotheses, lengths, log_probs = exhaustive_search_setup()
-    max_length = hypotheses.shape[1]
-    # No pruning: after step 3 there are 27 alive and 1 + 3 + 9 finished hypotheses.
-    beam_size = 40
-    tokens, beam_log_probs = jitted_decode(
-        model,
-        variables,
-        inputs,
-        max_length=max_length,
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-    )
-    penalized = log_probs / decoding.length_penalty_factor(lengths, length_penalty)
-    best = np.argmax(penalized, axis=1)
-    print(length_penalty, lengths[best])
-    np.testing.assert_array_equal(tokens, hypotheses[best])
-    np.testing.assert_allclose(beam_log_probs, log_probs[np.arange(BATCH_SIZE), best], atol=1e-5)
+    log_probs = np.asarray(hypothesis_log_probs(inputs))
+    # No pruning: before the last step there are 4^3 alive and 1 + 4 + 16 finished hypotheses.
+    beam_size = 85
+    greedy_tokens, _ = jitted_decode(model, variables, inputs, max_length=max_length)
+    best_hypotheses, greedy_was_best = set(), []
+    for length_penalty in (0.0, 1.0, 2.0):
+        tokens, beam_log_probs = jitted_decode(
+            model,
+            variables,
+            inputs,
+            max_length=max_length,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+        )
+        penalized = log_probs / decoding.length_penalty_factor(lengths, length_penalty)
+        best = np.argmax(penalized, axis=1)
+        np.testing.assert_array_equal(tokens, hypotheses[best])
+        np.testing.assert_allclose(beam_log_probs, log_probs[range(BATCH_SIZE), best], atol=1e-5)
+        best_hypotheses.add(tokens.tobytes())
+        greedy_was_best.append(np.array_equal(tokens, greedy_tokens))
+    assert len(best_hypotheses) > 1 and not all(greedy_was_best), "the search is trivial"
 
 
 @pytest.mark.parametrize("name", DECODING_MODELS)

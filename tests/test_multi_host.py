@@ -1,0 +1,111 @@
+"""Two processes x two simulated devices (gloo on 127.0.0.1) behave like one process x four."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from research import workdir as workdir_lib
+from tests.conftest import REPO_ROOT, launch_command, subprocess_environment
+
+CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
+OVERRIDES = {
+    "batch_size": 32,
+    "eval_batch_size": 96,
+    "num_train_steps": 30,
+    "warmup_steps": 5,
+    "log_every_steps": 5,
+    "eval_every_steps": 15,
+    "checkpoint_every_steps": 15,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(workdir, data_dir, overrides, *extra):
+    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    return launch_command(
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        *flags,
+        *extra,
+    )
+
+
+def _start_processes(workdir, data_dir, overrides, count=2):
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            _command(
+                workdir,
+                data_dir,
+                overrides,
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={count}",
+                f"--process_id={index}",
+                "--heartbeat_timeout_seconds=10",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_environment(device_count=2),
+            cwd=REPO_ROOT,
+        )
+        for index in range(count)
+    ]
+
+
+def test_two_processes_give_the_metrics_of_one_process_with_four_devices(data_dir, tmp_path):
+    single = subprocess.run(
+        _command(tmp_path / "single", data_dir, OVERRIDES),
+        capture_output=True,
+        text=True,
+        env=subprocess_environment(device_count=4),
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    processes = _start_processes(tmp_path / "multi", data_dir, OVERRIDES)
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+
+    with open(tmp_path / "multi" / workdir_lib.RUN_FILE) as file:
+        devices = json.load(file)["devices"]
+    assert devices["process_count"] == 2 and devices["device_count"] == 4
+    one = workdir_lib.read_metrics(tmp_path / "single")
+    two = workdir_lib.read_metrics(tmp_path / "multi")  # written by process 0 only: no repeats
+    assert [(r["step"], r["split"]) for r in two] == [(r["step"], r["split"]) for r in one]
+    for record_two, record_one in zip(two, one, strict=True):
+        for name in ("loss", "accuracy"):
+            assert record_two[name] == pytest.approx(record_one[name], rel=1e-5)
+    checkpoints = os.listdir(tmp_path / "multi" / workdir_lib.CHECKPOINT_DIR)
+    assert sorted(n for n in checkpoints if n.isdigit()) == ["15", "30"]
+
+
+def test_a_dead_process_makes_the_other_exit_with_an_error(data_dir, tmp_path):
+    long_run = {**OVERRIDES, "num_train_steps": 100000, "checkpoint_every_steps": 100000}
+    processes = _start_processes(tmp_path / "run", data_dir, long_run)
+    metrics = tmp_path / "run" / workdir_lib.METRICS_FILE
+    deadline = time.time() + 240
+    while not metrics.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert metrics.exists(), "training never started"
+    processes[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    try:
+        processes[0].communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        pytest.fail("the surviving process hung for 120 s after its peer died")
+    assert processes[0].returncode != 0
+    assert time.time() - killed_at < 120
