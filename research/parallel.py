@@ -132,6 +132,16 @@ def host_slice(global_batch_size: int) -> slice:
     return slice(start, start + per_host)
 
 
+def gather_rows(local_rows: np.ndarray) -> np.ndarray:
+    """Every host's rows of a global batch, in global order: `[host_rows, ...]` -> `[rows, ...]`."""
+    if process_count() == 1:
+        return local_rows
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(local_rows))
+    return gathered.reshape(-1, *local_rows.shape[1:])
+
+
 def sync_hosts(name: str) -> None:
     """Waits until every host reaches this point (a no-op with one process)."""
     if process_count() > 1:

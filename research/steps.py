@@ -114,3 +114,8 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) 
         name: (values * mask).sum() for name, values in task.metric_sums(outputs, batch).items()
     }
     return parallel.sum_over_devices(sums)
+
+
+def predict_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> jax.Array:
+    """The task's predictions (for example decoded tokens) for this device's batch."""
+    return task.predict(model, {"params": state.params, **state.model_state}, batch)

@@ -23,7 +23,9 @@ Outputs = Any  # whatever the model returns
 class Task:
     """What an experiment gives the trainer.
 
-    load_data: config -> `Dataset` of numpy arrays.
+    load_data: (config, artifacts_dir) -> `Dataset` of numpy arrays. Whatever the data
+        preparation learns (a tokenizer) is stored in `artifacts_dir` inside the workdir and
+        loaded from there when the run resumes.
     create_model: (config, dataset info) -> a Linen module, called as
         `model.apply(variables, *model_inputs(batch), train=...)`.
     model_inputs: batch -> positional inputs of the model (jit-traced; may cast or scale).
@@ -33,12 +35,21 @@ class Task:
     summarize: {name: total over a split} -> {metric: value}.
     reference_metrics: optional dataset -> {split: {metric: value}} computed once (for
         example a closed-form solution) and reported beside the model's metrics.
+    predict: optional (model, variables, batch) -> predictions `[batch, ...]` (jit-traced, for
+        example beam search); the trainer runs it over every example of each evaluated split.
+    score_predictions: with `predict`: (split, predictions `[examples, ...]` in split order,
+        dataset) -> (metrics, details); details may hold "examples" (a few dicts to show) and
+        other JSON values recorded in summary.json.
     """
 
-    load_data: Callable[[ml_collections.ConfigDict], data.Dataset]
+    load_data: Callable[[ml_collections.ConfigDict, str], data.Dataset]
     create_model: Callable[[ml_collections.ConfigDict, dict[str, Any]], nn.Module]
     model_inputs: Callable[[Batch], tuple]
     loss: Callable[[Outputs, Batch], tuple[jax.Array, jax.Array]]
     metric_sums: Callable[[Outputs, Batch], dict[str, jax.Array]]
     summarize: Callable[[dict[str, float]], dict[str, float]]
     reference_metrics: Callable[[data.Dataset], dict[str, dict[str, float]]] | None = None
+    predict: Callable[[nn.Module, dict, Batch], jax.Array] | None = None
+    score_predictions: (
+        Callable[[str, Any, data.Dataset], tuple[dict[str, float], dict[str, Any]]] | None
+    ) = None

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import checkpoints, data, optimizers, parallel, preemption, steps
+from research import checkpoints, data, evaluation, optimizers, parallel, preemption, steps
 from research import workdir as workdir_lib
 from research.config import validate
 from research.task import Task
@@ -21,16 +21,6 @@ _STEP_DIAGNOSTICS = ("grad_norm", "learning_rate", "all_finite")
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or a gradient became NaN or infinite."""
-
-
-def evaluate(p_eval_step, p_state, arrays: data.Arrays, batch_size: int, task: Task):
-    """Metrics over every example of one split, each counted exactly once."""
-    totals = None
-    for batch in data.eval_batches(arrays, batch_size):
-        sums = p_eval_step(p_state, parallel.shard(batch))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = parallel.unreplicate(totals)
-    return task.summarize({name: float(value) for name, value in totals.items()})
 
 
 def _summarize_train(pending: list[dict], task: Task) -> dict[str, float]:
@@ -116,7 +106,7 @@ def train_and_evaluate(
     validate(config, parallel.global_device_count())
     workdir_lib.check_config_matches(workdir, config)
     start_time = time.time()
-    dataset = task.load_data(config)
+    dataset = task.load_data(config, os.path.join(workdir, workdir_lib.ARTIFACTS_DIR))
     model = task.create_model(config, dataset.info)
     optimizer = optimizers.create_optimizer(config)
     learning_rate_fn = optimizers.create_learning_rate_schedule(config)
@@ -131,13 +121,14 @@ def train_and_evaluate(
     restored = checkpointer.restore_latest(like=state)
     if restored is not None:
         state = restored
-        writer.truncate_metrics_after(int(state.step))
+        writer.truncate_records_after(int(state.step))
     elif init_from:
         state = _initialize_from(init_from, state, config)
     writer.write_config(config)
     writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
-    reference = task.reference_metrics(dataset) if task.reference_metrics else {}
-    eval_batch_size = config.get("eval_batch_size", config.batch_size)
+    run_evaluation = evaluation.Evaluator(
+        model, task, dataset, config.get("eval_batch_size", config.batch_size), writer
+    )
 
     p_train_step = parallel.pmap(
         functools.partial(
@@ -150,26 +141,9 @@ def train_and_evaluate(
         ),
         donate_argnums=(0,),
     )
-    p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
     p_state = parallel.replicate(state)
     p_rng = parallel.replicate(train_rng)
     del state  # the replicated copy is the only live state from here on
-
-    def run_evaluation(step: int) -> dict[str, dict[str, float]]:
-        results = {}
-        for split, arrays in dataset.eval_splits.items():
-            metrics = evaluate(p_eval_step, p_state, arrays, eval_batch_size, task)
-            results[split] = {**metrics, **reference.get(split, {})}
-            writer.write_metrics(step, split, results[split])
-        logging.info(
-            "step %d eval: %s",
-            step,
-            "; ".join(
-                f"{split} " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items())
-                for split, metrics in results.items()
-            ),
-        )
-        return results
 
     first_step = int(parallel.unreplicate(p_state.step))
     num_steps = config.num_train_steps
@@ -202,7 +176,7 @@ def train_and_evaluate(
                 _log_progress(done, num_steps, train_metrics)
                 pending, interval_start, interval_first_step = [], now, done
             if done % config.eval_every_steps == 0 or is_last:
-                eval_results = run_evaluation(done)
+                eval_results = run_evaluation(done, p_state)
             if must_save:
                 checkpointer.save(done, parallel.unreplicate(p_state))
                 last_saved = done
@@ -214,7 +188,7 @@ def train_and_evaluate(
                     f"{workdir}; run the same command again to resume from step {done}."
                 )
     if first_step >= num_steps:  # resumed a finished run: evaluate it again
-        eval_results = run_evaluation(num_steps)
+        eval_results = run_evaluation(num_steps, p_state)
     checkpointer.wait()
     checkpointer.close()
 
@@ -225,6 +199,7 @@ def train_and_evaluate(
         "train": train_metrics,
         "params_sha256": workdir_lib.params_sha256(final_params),
         "final_step": num_steps,
+        **({"evaluation_details": run_evaluation.details} if run_evaluation.details else {}),
         "wall_time_s": time.time() - start_time,
         "steps_per_second": (num_steps - loop_first_step) / loop_seconds
         if loop_start and loop_seconds > 0

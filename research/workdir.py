@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from research import parallel
 
@@ -22,6 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "learning_curves.png"
 CHECKPOINT_DIR = "checkpoints"
+ARTIFACTS_DIR = "artifacts"  # what data preparation learned, e.g. tokenizers
+EXAMPLES_FILE = "examples.jsonl"
 
 
 class WorkdirError(ValueError):
@@ -128,17 +131,18 @@ class Writer:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json(SUMMARY_FILE, summary)
 
-    def truncate_metrics_after(self, step: int) -> None:
+    def truncate_records_after(self, step: int) -> None:
         """Drops records past `step`, written by a run that died before its next checkpoint."""
-        path = self._path(METRICS_FILE)
-        if not self.active or not os.path.exists(path):
-            return
-        with open(path) as file:
-            records = [json.loads(line) for line in file if line.strip()]
-        with open(path, "w") as file:
-            for record in records:
-                if record["step"] <= step:
-                    file.write(json.dumps(record) + "\n")
+        for name in (METRICS_FILE, EXAMPLES_FILE):
+            path = self._path(name)
+            if not self.active or not os.path.exists(path):
+                continue
+            with open(path) as file:
+                records = [json.loads(line) for line in file if line.strip()]
+            with open(path, "w") as file:
+                for record in records:
+                    if record["step"] <= step:
+                        file.write(json.dumps(record) + "\n")
 
     def write_metrics(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.active:
@@ -147,6 +151,18 @@ class Writer:
         with open(self._path(METRICS_FILE), "a") as file:
             file.write(json.dumps(record) + "\n")
         self._write_tensorboard(step, split, metrics)
+
+    def write_examples(self, step: int, split: str, examples: list[dict]) -> None:
+        """A few predictions shown beside their inputs and references (console and file)."""
+        if not self.active or not examples:
+            return
+        with open(self._path(EXAMPLES_FILE), "a") as file:
+            for example in examples:
+                file.write(json.dumps({"step": step, "split": split, **example}) + "\n")
+        for example in examples[:3]:
+            logging.info(
+                "%s example: %s", split, "  |  ".join(f"{k}: {v}" for k, v in example.items())
+            )
 
     def _write_tensorboard(self, step: int, split: str, metrics: dict[str, float]) -> None:
         import tensorflow as tf
@@ -206,11 +222,12 @@ def remove_run(workdir: str) -> None:
 
     if parallel.process_index() != 0 or not os.path.isdir(workdir):
         return
-    for name in (CONFIG_FILE, RUN_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE):
+    for name in (CONFIG_FILE, RUN_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, EXAMPLES_FILE):
         path = os.path.join(workdir, name)
         if os.path.exists(path):
             os.remove(path)
-    shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
+    for folder in (CHECKPOINT_DIR, ARTIFACTS_DIR):
+        shutil.rmtree(os.path.join(workdir, folder), ignore_errors=True)
     for name in os.listdir(workdir):
         if name.startswith("events.out.tfevents"):
             os.remove(os.path.join(workdir, name))

@@ -35,18 +35,18 @@ import json, sys
 import jax, numpy as np, optax
 from tests.conftest import load_config
 from experiments.image_classification import task as task_module
-from research import optimizers, parallel, steps, trainer
+from research import evaluation, optimizers, parallel, steps
 import functools
 config = load_config(sys.argv[1], **json.loads(sys.argv[2]))
 config.data_dir = sys.argv[3]
 task = task_module.get_task(config)
-dataset = task.load_data(config)
+dataset = task.load_data(config, "unused")
 model = task.create_model(config, dataset.info)
 example = {k: v[:1] for k, v in dataset.train.items()}
 state = steps.create_train_state(
     jax.random.PRNGKey(1), model, task, example, optimizers.create_optimizer(config))
 p_eval = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
-sharded = trainer.evaluate(p_eval, parallel.replicate(state), dataset.eval_splits["test"],
+sharded = evaluation.metrics_of_split(p_eval, parallel.replicate(state), dataset.eval_splits["test"],
                            config.eval_batch_size, task)
 test = dataset.eval_splits["test"]
 logits = np.asarray(model.apply({"params": state.params}, test["inputs"], train=False),

@@ -1,0 +1,74 @@
+"""Evaluation over whole splits: metric sums, and the task's predictions when it makes any."""
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from research import data, parallel, steps
+from research.task import Task
+
+
+def metrics_of_split(p_eval_step, p_state, arrays: data.Arrays, batch_size: int, task: Task):
+    """Metrics over every example of one split, each counted exactly once."""
+    totals = None
+    for batch in data.eval_batches(arrays, batch_size):
+        sums = p_eval_step(p_state, parallel.shard(batch))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = parallel.unreplicate(totals)
+    return task.summarize({name: float(value) for name, value in totals.items()})
+
+
+def predictions_of_split(p_predict_step, p_state, arrays: data.Arrays, batch_size: int):
+    """The task's predictions for every example of a split, in split order: `[examples, ...]`."""
+    rows = []
+    for batch in data.eval_batches(arrays, batch_size):
+        predictions = np.asarray(p_predict_step(p_state, parallel.shard(batch)))
+        local_rows = predictions.reshape(-1, *predictions.shape[2:])
+        rows.append(parallel.gather_rows(local_rows))
+    return np.concatenate(rows)[: data.num_examples(arrays)]  # padding rows come last
+
+
+class Evaluator:
+    """Evaluates the replicated state on every split of `dataset.eval_splits`."""
+
+    def __init__(self, model, task: Task, dataset: data.Dataset, batch_size: int, writer):
+        self.task, self.dataset, self.batch_size, self.writer = task, dataset, batch_size, writer
+        self.reference = task.reference_metrics(dataset) if task.reference_metrics else {}
+        self.details: dict[str, Any] = {}
+        self._p_eval_step = parallel.pmap(
+            functools.partial(steps.eval_step, model=model, task=task)
+        )
+        self._p_predict_step = None
+        if task.predict is not None:
+            self._p_predict_step = parallel.pmap(
+                functools.partial(steps.predict_step, model=model, task=task)
+            )
+
+    def __call__(self, step: int, p_state) -> dict[str, dict[str, float]]:
+        results = {}
+        for split, arrays in self.dataset.eval_splits.items():
+            metrics = metrics_of_split(
+                self._p_eval_step, p_state, arrays, self.batch_size, self.task
+            )
+            if self._p_predict_step is not None:
+                predictions = predictions_of_split(
+                    self._p_predict_step, p_state, arrays, self.batch_size
+                )
+                scores, details = self.task.score_predictions(split, predictions, self.dataset)
+                metrics.update(scores)
+                self.writer.write_examples(step, split, details.pop("examples", []))
+                self.details[split] = details
+            results[split] = {**metrics, **self.reference.get(split, {})}
+            self.writer.write_metrics(step, split, results[split])
+        logging.info(
+            "step %d eval: %s",
+            step,
+            "; ".join(
+                f"{split} " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items())
+                for split, metrics in results.items()
+            ),
+        )
+        return results
