@@ -31,7 +31,7 @@ def tiny_transformer(**overrides):
         mlp_width=32,
         dropout_rate=0.3,
         attention_dropout_rate=0.3,
-        max_length=8,
+        max_length=16,
     )
     return Transformer(**{**fields, **overrides})
 
@@ -175,6 +175,20 @@ def test_dropout_is_active_only_in_training(name):
     # without one shows that evaluation draws no randomness.
     eval_logits = teacher_forced(name)(inputs, targets)
     assert not np.allclose(train_logits(1), eval_logits)
+
+
+def test_configuration_errors_name_the_field():
+    inputs, targets = example_batch(tiny_transformer())
+    init = lambda model: jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.key(0), inputs, targets
+    )
+    with pytest.raises(ValueError, match="share_embeddings"):
+        init(tiny_transformer(share_embeddings=True, target_vocab_size=7))
+    with pytest.raises(ValueError, match="learned positions"):
+        init(tiny_transformer(positions="learned", max_length=INPUT_LENGTH - 1))
+    model, variables, inputs, _ = initialized("transformer_post_ln_learned_shared")
+    with pytest.raises(ValueError, match="learned positions"):
+        jitted_decode(model, variables, inputs, max_length=model.max_length + 1)
 
 
 @pytest.mark.parametrize("name", DECODING_MODELS)
