@@ -110,6 +110,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass settings as --config.<key>=<value>.")
+    logging.get_absl_handler().addFilter(_keep_log_record)
     # Import after flag parsing so XLA sees the environment the user set.
     from research import checkpoints, data, parallel, preemption, reproduce, trainer
     from research import config as config_lib
@@ -145,6 +146,7 @@ def main(argv: list[str]) -> None:
     except (
         config_lib.ConfigError,
         data.DatasetMissingError,
+        data.MalformedDataError,
         workdir_lib.WorkdirError,
         checkpoints.CheckpointError,
         trainer.TrainingDivergedError,

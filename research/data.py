@@ -24,6 +24,10 @@ class DatasetMissingError(FileNotFoundError):
     """A dataset that must be prepared in `data_dir` is not there."""
 
 
+class MalformedDataError(ValueError):
+    """Data files that exist but cannot be used as they are; the message names them."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A task's data: the training split, the evaluated splits and facts models need."""

@@ -1,0 +1,56 @@
+"""A Transformer on a folder of parallel text (default: Multi30k German -> English).
+
+`data_dir` is the folder holding `train.<lang>`, `val.<lang>` and `test*.<lang>` (optionally
+gzipped); a SentencePiece vocabulary shared by both languages is trained on its train split.
+"""
+
+import ml_collections
+
+from experiments.seq2seq.configs import scan_transformer
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = scan_transformer.get_config()
+    config.dataset = "folder"
+    config.scan_split = ""
+    config.data_dir = "../shared/data/multi30k"
+    config.source_language = "de"
+    config.target_language = "en"
+    config.eval_splits = ("valid", "test_2016_flickr")
+    config.tokenizer.type = "sentencepiece"
+    config.tokenizer.vocab_size = 8000
+    config.tokenizer.model_type = "unigram"
+    config.max_input_length = 64
+    config.max_target_length = 64
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "transformer",
+            "num_layers": 3,
+            "width": 256,
+            "num_heads": 4,
+            "mlp_width": 1024,
+            "dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "pre_layer_norm": True,
+            "share_embeddings": True,
+            "positions": "sinusoidal",
+            "max_length": 64,
+        }
+    )
+    config.label_smoothing = 0.1
+    config.decode = ml_collections.ConfigDict(
+        {"beam_size": 4, "length_penalty": 0.6, "max_length": 64}
+    )
+    config.batch_size = 128
+    config.eval_batch_size = 256
+    config.optimizer = "adamw"
+    config.learning_rate = 1e-3
+    config.weight_decay = 0.0001
+    config.grad_clip_norm = 1.0
+    config.schedule = "warmup_cosine"
+    config.warmup_steps = 1000
+    config.num_train_steps = 10000
+    config.eval_every_steps = 2500
+    config.log_every_steps = 100
+    config.checkpoint_every_steps = 500
+    return config
