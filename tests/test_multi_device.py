@@ -46,8 +46,8 @@ example = {k: v[:1] for k, v in dataset.train.items()}
 state = steps.create_train_state(
     jax.random.PRNGKey(1), model, task, example, optimizers.create_optimizer(config))
 p_eval = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
-sharded = evaluation.metrics_of_split(p_eval, parallel.replicate(state), dataset.eval_splits["test"],
-                           config.eval_batch_size, task)
+sharded = evaluation.metrics_of_split(
+    p_eval, parallel.replicate(state), dataset.eval_splits["test"], config.eval_batch_size, task)
 test = dataset.eval_splits["test"]
 logits = np.asarray(model.apply({"params": state.params}, test["inputs"], train=False),
                     dtype=np.float64)
