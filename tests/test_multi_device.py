@@ -1,4 +1,4 @@
-"""Data parallelism over 4 simulated CPU devices gives the results of 1 device."""
+"""Data parallelism over 2 and 4 simulated CPU devices gives the results of 1 device."""
 
 import json
 import os
@@ -75,20 +75,22 @@ def _run_script(script, *arguments, device_count):
     return result.stdout
 
 
-def test_four_devices_give_the_losses_of_one_device(data_dir, tmp_path):
+@pytest.mark.parametrize("device_count", [2, 4])
+def test_more_devices_give_the_losses_of_one_device(device_count, data_dir, tmp_path):
+    """Same global batch, same examples in the same order: same metrics to 1e-5."""
     _run_script(
         TRAIN_SCRIPT,
         CONFIG_PATH,
         json.dumps(OVERRIDES),
         data_dir,
         str(tmp_path / "four"),
-        device_count=4,
+        device_count=device_count,
     )
     config = load_config(CONFIG_PATH, **OVERRIDES)
     config.data_dir = data_dir
     run_experiment(config, tmp_path / "one")
     with open(tmp_path / "four" / workdir_lib.RUN_FILE) as file:
-        assert json.load(file)["devices"]["device_count"] == 4
+        assert json.load(file)["devices"]["device_count"] == device_count
     four = workdir_lib.read_metrics(tmp_path / "four")
     one = workdir_lib.read_metrics(tmp_path / "one")
     assert [(r["step"], r["split"]) for r in four] == [(r["step"], r["split"]) for r in one]
