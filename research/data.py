@@ -6,6 +6,7 @@ Evaluation batches are padded and masked so that every example counts exactly on
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -55,6 +56,14 @@ def fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_train_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of epoch `epoch` (cached: every step of an epoch reads the same one)."""
+    permutation = np.random.default_rng([seed, epoch]).permutation(num_train_examples)
+    permutation.flags.writeable = False
+    return permutation
+
+
 def train_batch_indices(
     num_train_examples: int, global_batch_size: int, seed: int, step: int
 ) -> np.ndarray:
@@ -67,7 +76,7 @@ def train_batch_indices(
     epochs, offsets = np.divmod(positions, num_train_examples)
     indices = np.empty(global_batch_size, dtype=np.int64)
     for epoch in np.unique(epochs):
-        permutation = np.random.default_rng([seed, int(epoch)]).permutation(num_train_examples)
+        permutation = _epoch_permutation(num_train_examples, seed, int(epoch))
         selected = epochs == epoch
         indices[selected] = permutation[offsets[selected]]
     return indices

