@@ -6,6 +6,7 @@ exactly over devices, hosts and batches; `summarize` turns the totals into metri
 """
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -53,3 +54,23 @@ class Task:
     score_predictions: (
         Callable[[str, Any, data.Dataset], tuple[dict[str, float], dict[str, Any]]] | None
     ) = None
+
+
+def model_from_config(
+    package: str, classes: dict[str, str], settings: ml_collections.ConfigDict, **fields
+) -> nn.Module:
+    """The model `settings.name` from `<package>.<name>`, built from the other settings keys.
+
+    `classes` maps a module name to its model class; `fields` are what the data decides
+    (number of classes, vocabulary sizes).
+    """
+    from research.config import ConfigError
+
+    settings = settings.to_dict()
+    name = settings.pop("name")
+    if name not in classes:
+        raise ConfigError(
+            f"config.model.name '{name}' is unknown; choose one of {', '.join(classes)}."
+        )
+    module = importlib.import_module(f"{package}.{name}")
+    return getattr(module, classes[name])(**fields, **settings)

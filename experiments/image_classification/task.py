@@ -4,8 +4,6 @@ Datasets: MNIST-1D (generated locally), and tfds's mnist, fashion_mnist and cifa
 prepared in `config.data_dir`. Models: `config.model.name` is mlp, cnn or resnet.
 """
 
-import importlib
-
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -14,7 +12,7 @@ import optax
 from experiments.image_classification import datasets
 from research import data
 from research.config import ConfigError
-from research.task import Task
+from research.task import Task, model_from_config
 
 # dataset name -> (builder generating it locally or None, input feature, eval splits, classes)
 DATASETS = {
@@ -63,14 +61,12 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
 
 def create_model(config: ml_collections.ConfigDict, info: dict):
     """`config.model.name` picks the model; the other `config.model` keys are its fields."""
-    settings = config.model.to_dict()
-    name = settings.pop("name")
-    if name not in MODELS:
-        raise ConfigError(
-            f"config.model.name '{name}' is unknown; choose one of {', '.join(MODELS)}."
-        )
-    module = importlib.import_module(f"experiments.image_classification.models.{name}")
-    return getattr(module, MODELS[name])(num_classes=info["num_classes"], **settings)
+    return model_from_config(
+        "experiments.image_classification.models",
+        MODELS,
+        config.model,
+        num_classes=info["num_classes"],
+    )
 
 
 def model_inputs(batch):

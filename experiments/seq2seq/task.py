@@ -6,7 +6,6 @@ corpus BLEU by sacreBLEU, with a few example translations written to the workdir
 """
 
 import functools
-import importlib
 import os
 
 import jax
@@ -18,7 +17,7 @@ import optax
 from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers
 from research import data
 from research.config import ConfigError
-from research.task import Task
+from research.task import Task, model_from_config
 
 MODELS = {"transformer": "Transformer", "lstm": "LSTMSeq2Seq"}
 NUM_EXAMPLES_SHOWN = 5
@@ -125,17 +124,12 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
 
 def create_model(config: ml_collections.ConfigDict, info: dict):
     """`config.model.name` picks the model; the other `config.model` keys are its fields."""
-    settings = config.model.to_dict()
-    name = settings.pop("name")
-    if name not in MODELS:
-        raise ConfigError(
-            f"config.model.name '{name}' is unknown; choose one of {', '.join(MODELS)}."
-        )
-    module = importlib.import_module(f"experiments.seq2seq.models.{name}")
-    return getattr(module, MODELS[name])(
+    return model_from_config(
+        "experiments.seq2seq.models",
+        MODELS,
+        config.model,
         input_vocab_size=info["input_vocab_size"],
         target_vocab_size=info["target_vocab_size"],
-        **settings,
     )
 
 
