@@ -7,8 +7,6 @@ import ml_collections
 
 from research import workdir as workdir_lib
 
-TIMING_METRICS = ("steps_per_second",)  # measurements of the machine, not of the run
-
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a finished run recorded in its workdir."""
@@ -39,7 +37,7 @@ def first_difference(original: list[dict], rerun: list[dict]) -> dict | None:
         if (before["step"], before["split"]) != (after["step"], after["split"]):
             return {"step": before["step"], "split": before["split"], "metric": "(records)"}
         for name in sorted(set(before) | set(after)):
-            if name in TIMING_METRICS:
+            if name in workdir_lib.TIMING_METRICS:
                 continue
             if before.get(name) != after.get(name):
                 return {

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import jax
@@ -100,6 +101,12 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
         )
 
 
+# Added to every metrics record: seconds since this process began the run (time to target).
+ELAPSED = "elapsed_s"
+# Measurements of the machine, not of the run: left out when two runs' metrics are compared.
+TIMING_METRICS = ("steps_per_second", ELAPSED)
+
+
 class Writer:
     """Appends metrics and writes the run's records into the workdir (process 0 only)."""
 
@@ -107,8 +114,13 @@ class Writer:
         self.workdir = workdir
         self.active = parallel.process_index() == 0
         self._tensorboard = None
+        self._start_time = time.time()
         if self.active:
             os.makedirs(workdir, exist_ok=True)
+            # Importing TensorFlow takes seconds: here, not at the first log inside the loop.
+            import tensorflow as tf
+
+            self._tensorboard = tf.summary.create_file_writer(workdir)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -148,6 +160,7 @@ class Writer:
         if not self.active:
             return
         record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
+        record[ELAPSED] = round(time.time() - self._start_time, 3)
         with open(self._path(METRICS_FILE), "a") as file:
             file.write(json.dumps(record) + "\n")
         self._write_tensorboard(step, split, metrics)
@@ -167,8 +180,6 @@ class Writer:
     def _write_tensorboard(self, step: int, split: str, metrics: dict[str, float]) -> None:
         import tensorflow as tf
 
-        if self._tensorboard is None:
-            self._tensorboard = tf.summary.create_file_writer(self.workdir)
         with self._tensorboard.as_default(step=step):
             for name, value in metrics.items():
                 tf.summary.scalar(f"{split}/{name}", float(value))

@@ -35,11 +35,12 @@ def test_same_config_and_seed_give_identical_runs(task, data_dir, tmp_path):
     first = run_experiment(config, tmp_path / "first")
     second = run_experiment(config, tmp_path / "second")
     assert first["params_sha256"] == second["params_sha256"]
-    timing = ("steps_per_second",)
 
     def without_timing(workdir):
         records = workdir_lib.read_metrics(workdir)
-        return [{k: v for k, v in r.items() if k not in timing} for r in records]
+        return [
+            {k: v for k, v in r.items() if k not in workdir_lib.TIMING_METRICS} for r in records
+        ]
 
     assert without_timing(tmp_path / "first") == without_timing(tmp_path / "second")
 

@@ -90,7 +90,9 @@ def _check_workdir(workdir, config, summary):
     assert all(isinstance(r["loss"], float) for r in records)
     with open(workdir / workdir_lib.SUMMARY_FILE) as file:
         assert json.load(file) == json.loads(json.dumps(summary))
-    assert summary["test"] == {k: v for k, v in records[-1].items() if k not in ("step", "split")}
+    assert summary["test"] == {
+        k: v for k, v in records[-1].items() if k not in ("step", "split", workdir_lib.ELAPSED)
+    }
     assert re.fullmatch(r"[0-9a-f]{64}", summary["params_sha256"])
     assert summary["wall_time_s"] > 0 and summary["steps_per_second"] > 0
     assert (workdir / workdir_lib.CURVES_FILE).stat().st_size > 1000
