@@ -1,8 +1,10 @@
 """Shared fixtures: a session-wide tfds data dir and helpers to run small experiments."""
 
 import importlib.util
+import json
 import os
 import sys
+from pathlib import Path
 
 import ml_collections
 import pytest
@@ -31,6 +33,38 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     task = importlib.import_module(f"experiments.{config.task}.task").get_task(config)
     return trainer.train_and_evaluate(config, str(workdir), task)
+
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+# Same machine and versions: bit-identical. Other CPUs or XLA versions may reorder float
+# reductions, so the goldens allow a small relative difference.
+GOLDEN_RELATIVE_TOLERANCE = 1e-4
+GOLDEN_METRICS = ("loss", "accuracy", "mse", "r2", "token_accuracy", "exact_match", "bleu")
+
+
+def check_golden(name: str, workdir) -> None:
+    """The run's metric curves (train and eval) equal the golden ones stored under `name`.
+
+    After an intended change of results: `REGENERATE_GOLDENS=1 .venv/bin/python -m pytest`.
+    """
+    from research import workdir as workdir_lib
+
+    curve = [
+        {k: r[k] for k in ("step", "split", *GOLDEN_METRICS) if k in r}
+        for r in workdir_lib.read_metrics(workdir)
+    ]
+    path = GOLDEN_DIR / (name.replace("/configs/", "__").removesuffix(".py") + ".json")
+    if os.environ.get("REGENERATE_GOLDENS"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(curve, indent=1) + "\n")
+    golden = json.loads(path.read_text())
+    assert [(r["step"], r["split"]) for r in curve] == [(r["step"], r["split"]) for r in golden]
+    for record, expected in zip(curve, golden, strict=True):
+        for metric in GOLDEN_METRICS:
+            if metric in expected:
+                assert record[metric] == pytest.approx(
+                    expected[metric], rel=GOLDEN_RELATIVE_TOLERANCE, abs=1e-7
+                ), (record["step"], record["split"], metric)
 
 
 def launch_command(*arguments: str) -> list[str]:

@@ -1,20 +1,18 @@
 """A few steps of every config, on embedded or mock data, the workdir they leave, and goldens.
 
-Each short run's metrics are compared with a golden curve stored in tests/golden/. After an
-intended change of results, regenerate them with
-`REGENERATE_GOLDENS=1 .venv/bin/python -m pytest tests/test_end_to_end.py`.
+Each short run's metrics are compared with a golden curve stored in tests/golden/ (see
+`conftest.check_golden`).
 """
 
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
 
 from research import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, load_config, run_experiment
+from tests.conftest import REPO_ROOT, check_golden, load_config, run_experiment
 
 SHORT_RUN = {
     "num_train_steps": 12,
@@ -39,33 +37,6 @@ MOCK_CONFIGS = {  # real tfds datasets, replaced by tfds.testing.mock_data
         "model.width": 8,
     },
 }
-
-
-GOLDEN_DIR = Path(__file__).parent / "golden"
-# Same machine and versions: bit-identical. Other CPUs or XLA versions may reorder float
-# reductions, so the goldens allow a small relative difference.
-GOLDEN_RELATIVE_TOLERANCE = 1e-4
-GOLDEN_METRICS = ("loss", "accuracy", "mse", "r2")
-
-
-def _check_golden(name, workdir):
-    """The run's loss curve (train and test) equals the stored golden curve."""
-    curve = [
-        {k: r[k] for k in ("step", "split", *GOLDEN_METRICS) if k in r}
-        for r in workdir_lib.read_metrics(workdir)
-    ]
-    path = GOLDEN_DIR / (name.replace("/configs/", "__").removesuffix(".py") + ".json")
-    if os.environ.get("REGENERATE_GOLDENS"):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(curve, indent=1) + "\n")
-    golden = json.loads(path.read_text())
-    assert [(r["step"], r["split"]) for r in curve] == [(r["step"], r["split"]) for r in golden]
-    for record, expected in zip(curve, golden, strict=True):
-        for metric in GOLDEN_METRICS:
-            if metric in expected:
-                assert record[metric] == pytest.approx(
-                    expected[metric], rel=GOLDEN_RELATIVE_TOLERANCE, abs=1e-7
-                ), (record["step"], record["split"], metric)
 
 
 def _config(name, data_dir, overrides):
@@ -106,7 +77,7 @@ def test_config_runs_end_to_end_and_fills_the_workdir(name, data_dir, tmp_path):
     config = _config(name, data_dir, CONFIGS[name])
     summary = run_experiment(config, tmp_path)
     _check_workdir(tmp_path, config, summary)
-    _check_golden(name, tmp_path)
+    check_golden(name, tmp_path)
     if config.task == "regression":
         assert {"mse", "r2", "closed_form_mse", "closed_form_r2"} <= set(summary["test"])
     else:
@@ -120,7 +91,7 @@ def test_config_runs_end_to_end_on_mock_data(name, tmp_path):
     with tfds.testing.mock_data(num_examples=40):
         summary = run_experiment(config, tmp_path / "run")
     _check_workdir(tmp_path / "run", config, summary)
-    _check_golden(name, tmp_path / "run")
+    check_golden(name, tmp_path / "run")
 
 
 def test_linear_regression_reaches_the_closed_form(data_dir, tmp_path):

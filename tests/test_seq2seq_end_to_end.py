@@ -7,11 +7,13 @@ import shutil
 import subprocess
 
 import pytest
+import tensorflow_datasets as tfds
 
 from research import data
 from research import workdir as workdir_lib
 from tests.conftest import (
     REPO_ROOT,
+    check_golden,
     launch_command,
     load_config,
     run_experiment,
@@ -61,6 +63,7 @@ def test_scan_transformer_runs_and_decodes_every_test_example(tmp_path):
     config = _scan_config("scan_transformer.py", "length", **TINY_TRANSFORMER)
     summary = run_experiment(config, tmp_path)
     _check_seq2seq_workdir(tmp_path, summary, "test")
+    check_golden("seq2seq/configs/scan_transformer.py", tmp_path)
 
 
 def test_scan_lstm_runs_with_beam_search(tmp_path):
@@ -72,6 +75,7 @@ def test_scan_lstm_runs_with_beam_search(tmp_path):
     config.decode.beam_size = 2
     summary = run_experiment(config, tmp_path)
     _check_seq2seq_workdir(tmp_path, summary, "test")
+    check_golden("seq2seq/configs/scan_lstm.py", tmp_path)
 
 
 def test_scan_config_argument_selects_the_split():
@@ -105,6 +109,7 @@ def test_translate_folder_transformer_runs_on_a_small_folder(tmp_path):
     summary = run_experiment(config, tmp_path / "run")
     assert set(summary) >= {"valid", "test_2016_flickr"}
     _check_seq2seq_workdir(tmp_path / "run", summary, "test_2016_flickr")
+    check_golden("seq2seq/configs/translate_folder_transformer.py", tmp_path / "run")
 
     # A resumed run decodes with the tokenizer stored in the workdir, not a new one.
     shutil.rmtree(tmp_path / "cache")
@@ -121,6 +126,23 @@ def test_folder_with_mismatched_sides_is_refused(tmp_path):
     config.data_dir = str(folder)
     with pytest.raises(data.MalformedDataError, match="train"):
         run_experiment(config, tmp_path / "run")
+
+
+def test_wmt_transformer_runs_on_mock_wmt(tmp_path):
+    config = load_config(
+        os.path.join(CONFIGS, "wmt_transformer.py"), **SHORT_RUN, **TINY_TRANSFORMER
+    )
+    config.data_dir = str(tmp_path / "no_data_here")
+    config.tokenizer.vocab_size = 60
+    config.tokenizer.cache_dir = str(tmp_path / "cache")
+    short = 16
+    config.max_input_length = config.max_target_length = short
+    config.model.max_length = config.decode.max_length = short
+    with tfds.testing.mock_data(num_examples=32):  # random strings in every split
+        summary = run_experiment(config, tmp_path / "run")
+    assert set(summary) >= {"valid", "test"}
+    _check_seq2seq_workdir(tmp_path / "run", summary, "test")
+    check_golden("seq2seq/configs/wmt_transformer.py", tmp_path / "run")
 
 
 def test_missing_wmt_is_reported_with_how_to_prepare_it(tmp_path):

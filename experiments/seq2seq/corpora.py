@@ -102,13 +102,6 @@ def read_wmt(
         raise ValueError(
             f"Unknown tfds dataset {name!r}; use one of {', '.join(WMT_DATASETS)}."
         ) from error
-    if not builder.is_prepared():
-        root = data_dir if data_dir is not None else "~/tensorflow_datasets"
-        raise FileNotFoundError(
-            f"The tfds dataset {name} is not prepared in {root}; prepare it on a machine with "
-            f"internet access with `tfds build {name} --data_dir={root}` and copy that directory "
-            "here."
-        )
     languages = list(builder.info.features.keys())
     for language in (source_language, target_language):
         if language not in languages:
@@ -117,7 +110,15 @@ def read_wmt(
             )
     splits: dict[str, list[Pair]] = {}
     for tfds_split, split in TFDS_SPLITS.items():
-        dataset = builder.as_dataset(split=tfds_split).batch(_TFDS_READ_BATCH_SIZE)
+        try:
+            dataset = builder.as_dataset(split=tfds_split).batch(_TFDS_READ_BATCH_SIZE)
+        except AssertionError as error:  # tfds's "dataset not prepared"
+            root = data_dir if data_dir is not None else "~/tensorflow_datasets"
+            raise FileNotFoundError(
+                f"The tfds dataset {name} is not prepared in {root}; prepare it on a machine "
+                f"with internet access with `tfds build {name} --data_dir={root}` and copy that "
+                "directory here."
+            ) from error
         pairs: list[Pair] = []
         for batch in tfds.as_numpy(dataset):
             sources = [text.decode("utf-8") for text in batch[source_language]]
