@@ -262,6 +262,15 @@ def test_corpus_bleu_is_sacrebleu_over_the_whole_set():
     assert f"version:{sacrebleu.__version__}" in signature
 
 
+def test_lowercase_corpus_bleu_is_sacrebleus_case_insensitive_score():
+    shouted = [hypothesis.upper() for hypothesis in HYPOTHESES]
+    score, signature = metrics.corpus_bleu(shouted, REFERENCES, lowercase=True)
+    assert score == sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score
+    assert score == sacrebleu.corpus_bleu(shouted, [REFERENCES], lowercase=True).score
+    assert "case:lc" in signature
+    assert metrics.corpus_bleu(shouted, REFERENCES)[0] < score
+
+
 def test_corpus_bleu_is_100_for_identical_text_and_0_without_shared_words():
     assert metrics.corpus_bleu(REFERENCES, REFERENCES)[0] == pytest.approx(100.0)
     assert metrics.corpus_bleu(["alpha beta gamma delta"], ["one two three four"])[0] == 0.0

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 import sacrebleu
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+def corpus_bleu(
+    hypotheses: Sequence[str], references: Sequence[str], *, lowercase: bool = False
+) -> tuple[float, str]:
     """sacreBLEU (13a tokenization) of detokenized hypotheses against one reference each.
 
-    Returns the score in [0, 100] and sacreBLEU's signature, which records how it was computed.
+    `lowercase` compares case-insensitively, as many published Multi30k numbers do. Returns
+    the score in [0, 100] and sacreBLEU's signature, which records how it was computed.
     """
     if len(hypotheses) != len(references):
         raise ValueError(
@@ -19,7 +22,7 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[f
         )
     if not hypotheses:
         raise ValueError("BLEU of an empty set is undefined; evaluate on at least one pair.")
-    bleu = sacrebleu.metrics.BLEU()
+    bleu = sacrebleu.metrics.BLEU(lowercase=lowercase)
     score = bleu.corpus_score(list(hypotheses), [list(references)])
     return float(score.score), str(bleu.get_signature())
 

@@ -185,14 +185,26 @@ def score_predictions(split: str, predictions: np.ndarray, dataset: data.Dataset
     hypotheses = [tokenizer.decode(row.tolist()) for row in predictions]
     references = [target for _, target in split_pairs]
     bleu, signature = metrics.corpus_bleu(hypotheses, references)
+    bleu_lowercase, signature_lowercase = metrics.corpus_bleu(
+        hypotheses, references, lowercase=True
+    )
     examples = [
         {"source": source, "reference": reference, "hypothesis": hypothesis}
         for (source, reference), hypothesis in zip(
             split_pairs[:NUM_EXAMPLES_SHOWN], hypotheses, strict=False
         )
     ]
-    scores = {"exact_match": metrics.exact_match(hypotheses, references), "bleu": bleu}
-    return scores, {"sacrebleu_signature": signature, "examples": examples}
+    scores = {
+        "exact_match": metrics.exact_match(hypotheses, references),
+        "bleu": bleu,
+        "bleu_lowercase": bleu_lowercase,
+    }
+    details = {
+        "sacrebleu_signature": signature,
+        "sacrebleu_signature_lowercase": signature_lowercase,
+        "examples": examples,
+    }
+    return scores, details
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
