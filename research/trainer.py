@@ -114,7 +114,7 @@ def train_and_evaluate(
     example_batch = {key: value[:1] for key, value in dataset.train.items()}
     state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
 
-    writer = workdir_lib.Writer(workdir)
+    writer = workdir_lib.Writer(workdir, start_time)
     checkpointer = checkpoints.Checkpointer(
         os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
     )

@@ -101,7 +101,7 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
         )
 
 
-# Added to every metrics record: seconds since this process began the run (time to target).
+# Added to every metrics record: seconds since the run began in this process (time to target).
 ELAPSED = "elapsed_s"
 # Measurements of the machine, not of the run: left out when two runs' metrics are compared.
 TIMING_METRICS = ("steps_per_second", ELAPSED)
@@ -110,11 +110,12 @@ TIMING_METRICS = ("steps_per_second", ELAPSED)
 class Writer:
     """Appends metrics and writes the run's records into the workdir (process 0 only)."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start_time: float | None = None):
+        """`start_time` (`time.time()`) is when the run began: `elapsed_s` counts from it."""
         self.workdir = workdir
         self.active = parallel.process_index() == 0
         self._tensorboard = None
-        self._start_time = time.time()
+        self._start_time = time.time() if start_time is None else start_time
         if self.active:
             os.makedirs(workdir, exist_ok=True)
             # Importing TensorFlow takes seconds: here, not at the first log inside the loop.

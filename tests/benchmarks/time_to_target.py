@@ -3,9 +3,10 @@
     .venv/bin/python tests/benchmarks/time_to_target.py WORKDIR --metric accuracy --target 0.94
         [--split test] [--lower-is-better]
 
-Reads WORKDIR/metrics.jsonl, whose records carry `elapsed_s`, the wall time since the process
-began the run (data loading and compilation included). The answer is only as fine as the
-run's `eval_every_steps`, and it is meaningful for a run that was not resumed.
+Reads WORKDIR/metrics.jsonl, whose records carry `elapsed_s`, the wall time since the run
+began in its process (data loading and compilation included, Python's imports not). The
+answer is only as fine as the run's `eval_every_steps`, and meaningful for a run that was
+not resumed.
 """
 
 import argparse
