@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from research import data
+from research.config import ConfigError
 
 Batch = dict[str, jax.Array]
 Outputs = Any  # whatever the model returns
@@ -64,8 +65,6 @@ def model_from_config(
     `classes` maps a module name to its model class; `fields` are what the data decides
     (number of classes, vocabulary sizes).
     """
-    from research.config import ConfigError
-
     settings = settings.to_dict()
     name = settings.pop("name")
     if name not in classes:

@@ -66,6 +66,9 @@ def _check_workdir(workdir, config, summary):
     }
     assert re.fullmatch(r"[0-9a-f]{64}", summary["params_sha256"])
     assert summary["wall_time_s"] > 0 and summary["steps_per_second"] > 0
+    # elapsed_s runs on the clock of wall_time_s, which ends after the last record.
+    elapsed = [r[workdir_lib.ELAPSED] for r in records]
+    assert elapsed == sorted(elapsed) and 0 < elapsed[-1] <= summary["wall_time_s"]
     assert (workdir / workdir_lib.CURVES_FILE).stat().st_size > 1000
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
     kept = sorted(int(n) for n in os.listdir(workdir / workdir_lib.CHECKPOINT_DIR) if n.isdigit())

@@ -265,7 +265,6 @@ def test_corpus_bleu_is_sacrebleu_over_the_whole_set():
 def test_lowercase_corpus_bleu_is_sacrebleus_case_insensitive_score():
     shouted = [hypothesis.upper() for hypothesis in HYPOTHESES]
     score, signature = metrics.corpus_bleu(shouted, REFERENCES, lowercase=True)
-    assert score == sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score
     assert score == sacrebleu.corpus_bleu(shouted, [REFERENCES], lowercase=True).score
     assert "case:lc" in signature
     assert metrics.corpus_bleu(shouted, REFERENCES)[0] < score

@@ -52,9 +52,9 @@ def main() -> None:
         records, arguments.metric, arguments.target, arguments.split, arguments.lower_is_better
     )
     if reached is None:
-        best = [r[arguments.metric] for r in records if r["split"] == arguments.split
-                and arguments.metric in r]  # fmt: skip
-        print(json.dumps({"reached": False, "evaluations": len(best), "values": best}))
+        values = [r[arguments.metric] for r in records if r["split"] == arguments.split
+                  and arguments.metric in r]  # fmt: skip
+        print(json.dumps({"reached": False, "evaluations": len(values), "values": values}))
     else:
         print(json.dumps({"reached": True, **reached}))
 
