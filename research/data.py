@@ -82,27 +82,131 @@ def train_batch_indices(
     return indices
 
 
-def train_batch(train: Arrays, global_batch_size: int, seed: int, step: int) -> Arrays:
-    """This host's rows of the global training batch at `step`: `[host_batch, ...]`."""
-    indices = train_batch_indices(num_examples(train), global_batch_size, seed, step)
-    host_indices = indices[parallel.host_slice(global_batch_size)]
-    return {key: value[host_indices] for key, value in train.items()}
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: epoch plans are cached
+class LengthBuckets:
+    """Sequence batches padded only as far as their longest row needs.
+
+    `keys` name arrays `[examples, max_length]` padded with 0 at the end (token ids). Examples
+    are grouped by `lengths` (the longest of their sequences) and a batch's sequences are cut
+    to the smallest of `boundaries` that holds its longest row, so a step compiles once per
+    boundary. Make one per set of arrays with `length_buckets`.
+    """
+
+    keys: tuple[str, ...]
+    boundaries: tuple[int, ...]  # ascending padded lengths
+    lengths: np.ndarray  # [examples]: the longest sequence of each example
 
 
-def eval_batches(arrays: Arrays, global_batch_size: int) -> Iterator[Arrays]:
+def sequence_lengths(arrays: Arrays, keys: tuple[str, ...]) -> np.ndarray:
+    """Per example, the position after the last non-zero entry of its longest sequence."""
+    lengths = np.zeros(num_examples(arrays), np.int64)
+    for key in keys:
+        nonzero = arrays[key] != 0
+        from_end = np.argmax(nonzero[:, ::-1], axis=1)
+        length = np.where(nonzero.any(axis=1), nonzero.shape[1] - from_end, 0)
+        lengths = np.maximum(lengths, length)
+    return lengths
+
+
+def length_buckets(arrays: Arrays, keys: tuple[str, ...], boundaries) -> LengthBuckets:
+    """The `LengthBuckets` of `arrays`; the arrays' full width is always the last boundary."""
+    width = max(arrays[key].shape[1] for key in keys)
+    boundaries = sorted({int(b) for b in boundaries if 0 < b < width} | {width})
+    return LengthBuckets(tuple(keys), tuple(boundaries), sequence_lengths(arrays, keys))
+
+
+def padded_length(buckets: LengthBuckets, indices: np.ndarray) -> int:
+    """The smallest boundary that holds the longest of the examples `indices`."""
+    longest = int(buckets.lengths[indices].max())
+    return next(b for b in buckets.boundaries if b >= longest)
+
+
+def _take(arrays: Arrays, indices: np.ndarray, buckets: LengthBuckets | None, length: int):
+    """Rows `indices` of every array, sequences cut to `length` when bucketed."""
+    rows = {key: value[indices] for key, value in arrays.items()}
+    if buckets is not None:
+        for key in buckets.keys:
+            rows[key] = rows[key][:, :length]
+    return rows
+
+
+@functools.lru_cache(maxsize=2)
+def _bucketed_epoch(buckets: LengthBuckets, global_batch_size: int, seed: int, epoch: int):
+    """The global batches of one bucketed epoch: `[batches, global_batch_size]` indices.
+
+    A fresh permutation from (seed, epoch), stably sorted by length (so examples of one
+    length meet in a new order every epoch), cut into batches whose order is then shuffled.
+    The last `examples % global_batch_size` examples of the permutation sit this epoch out.
+    """
+    num_train_examples = len(buckets.lengths)
+    num_batches = num_train_examples // global_batch_size
+    order = np.random.default_rng([seed, epoch]).permutation(num_train_examples)
+    order = order[: num_batches * global_batch_size]
+    order = order[np.argsort(buckets.lengths[order], kind="stable")]
+    batches = order.reshape(num_batches, global_batch_size)
+    batches = batches[np.random.default_rng([seed, epoch, 1]).permutation(num_batches)]
+    batches.flags.writeable = False
+    return batches
+
+
+def bucketed_batch_indices(
+    buckets: LengthBuckets, global_batch_size: int, seed: int, step: int
+) -> np.ndarray:
+    """Example indices of the bucketed global batch at `step`: `[global_batch_size]`."""
+    num_batches = len(buckets.lengths) // global_batch_size
+    assert num_batches > 0, "fewer training examples than one global batch"
+    epoch, position = divmod(step, num_batches)
+    return _bucketed_epoch(buckets, global_batch_size, seed, epoch)[position]
+
+
+def train_batch(
+    train: Arrays,
+    global_batch_size: int,
+    seed: int,
+    step: int,
+    buckets: LengthBuckets | None = None,
+) -> Arrays:
+    """This host's rows of the global training batch at `step`: `[host_batch, ...]`.
+
+    With `buckets`, the batch holds examples of similar length and its sequences are cut to
+    the padded length of the whole global batch, so every host's step has the same shape.
+    """
+    if buckets is None:
+        indices = train_batch_indices(num_examples(train), global_batch_size, seed, step)
+        length = 0
+    else:
+        indices = bucketed_batch_indices(buckets, global_batch_size, seed, step)
+        length = padded_length(buckets, indices)
+    return _take(train, indices[parallel.host_slice(global_batch_size)], buckets, length)
+
+
+def eval_order(arrays: Arrays, buckets: LengthBuckets | None = None) -> np.ndarray:
+    """The order in which `eval_batches` visits the examples: by length when bucketed."""
+    if buckets is None:
+        return np.arange(num_examples(arrays))
+    return np.argsort(buckets.lengths, kind="stable")
+
+
+def eval_batches(
+    arrays: Arrays, global_batch_size: int, buckets: LengthBuckets | None = None
+) -> Iterator[Arrays]:
     """This host's rows of each global evaluation batch, the last one padded.
 
     Every batch has `global_batch_size / process_count` rows and a `mask` that is 1.0 for
     real examples and 0.0 for padding, so weighted sums count each example exactly once.
+    Examples come in `eval_order`; bucketed batches are cut to their own padded length.
     """
-    total = num_examples(arrays)
+    order = eval_order(arrays, buckets)
+    total = len(order)
     rows = parallel.host_slice(global_batch_size)
     for start in range(0, total, global_batch_size):
-        positions = np.arange(start, start + global_batch_size)[rows]
+        positions = np.arange(start, start + global_batch_size)
         mask = (positions < total).astype(np.float32)
-        positions = np.minimum(positions, total - 1)  # padding repeats a real row, masked out
-        batch = {key: value[positions] for key, value in arrays.items()}
-        batch[MASK_KEY] = mask
+        # Padding repeats a real example of this batch, masked out.
+        indices = order[np.minimum(positions, total - 1)]
+        length = padded_length(buckets, indices) if buckets is not None else 0
+        batch = _take(arrays, indices[rows], buckets, length)
+        batch[MASK_KEY] = mask[rows]
         yield batch
 
 

@@ -59,9 +59,14 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     elif name in ("momentum", "nesterov"):
         optimizer = optax.sgd(learning_rate, momentum=momentum, nesterov=name == "nesterov")
     elif name == "adam":
-        optimizer = optax.adam(learning_rate)
+        optimizer = optax.adam(learning_rate, b2=config.get("adam_beta2", 0.999))
     elif name == "adamw":
-        optimizer = optax.adamw(learning_rate, weight_decay=weight_decay, mask=_is_matrix)
+        optimizer = optax.adamw(
+            learning_rate,
+            b2=config.get("adam_beta2", 0.999),
+            weight_decay=weight_decay,
+            mask=_is_matrix,
+        )
     else:
         assert name == "adagrad", name
         optimizer = optax.adagrad(learning_rate)

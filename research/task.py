@@ -42,6 +42,9 @@ class Task:
     score_predictions: with `predict`: (split, predictions `[examples, ...]` in split order,
         dataset) -> (metrics, details); details may hold "examples" (a few dicts to show) and
         other JSON values recorded in summary.json.
+    sequence_keys: batch entries `[batch, length]` of token ids padded with 0 at the end;
+        with `config.bucket_boundaries` the trainer groups examples by their length and pads
+        each batch only to the boundary its longest row needs (`data.LengthBuckets`).
     """
 
     load_data: Callable[[ml_collections.ConfigDict, str], data.Dataset]
@@ -55,6 +58,7 @@ class Task:
     score_predictions: (
         Callable[[str, Any, data.Dataset], tuple[dict[str, float], dict[str, Any]]] | None
     ) = None
+    sequence_keys: tuple[str, ...] = ()
 
 
 def model_from_config(

@@ -12,7 +12,7 @@ from absl import logging
 
 from research import checkpoints, data, evaluation, optimizers, parallel, preemption, steps
 from research import workdir as workdir_lib
-from research.config import validate
+from research.config import ConfigError, validate
 from research.task import Task
 
 # Train-step outputs that are not metric sums for `task.summarize`.
@@ -104,6 +104,12 @@ def train_and_evaluate(
     summary also written to `workdir/summary.json`.
     """
     validate(config, parallel.global_device_count())
+    boundaries = tuple(config.get("bucket_boundaries", ()))
+    if boundaries and not task.sequence_keys:
+        raise ConfigError(
+            f"config.bucket_boundaries is set but task '{config.task}' has no sequences to "
+            "bucket; remove it with --config.bucket_boundaries='()'."
+        )
     workdir_lib.check_config_matches(workdir, config)
     start_time = time.time()
     dataset = task.load_data(config, os.path.join(workdir, workdir_lib.ARTIFACTS_DIR))
@@ -126,8 +132,16 @@ def train_and_evaluate(
         state = _initialize_from(init_from, state, config)
     writer.write_config(config)
     writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
+    train_buckets = None
+    if boundaries:
+        train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
     run_evaluation = evaluation.Evaluator(
-        model, task, dataset, config.get("eval_batch_size", config.batch_size), writer
+        model,
+        task,
+        dataset,
+        config.get("eval_batch_size", config.batch_size),
+        writer,
+        boundaries,
     )
 
     p_train_step = parallel.pmap(
@@ -153,7 +167,9 @@ def train_and_evaluate(
     last_saved = first_step
     with preemption.SignalWatcher() as signals:
         for step in range(first_step, num_steps):
-            batch = data.train_batch(dataset.train, config.batch_size, config.seed, step)
+            batch = data.train_batch(
+                dataset.train, config.batch_size, config.seed, step, train_buckets
+            )
             p_state, step_metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
             pending.append(step_metrics)
             done = step + 1

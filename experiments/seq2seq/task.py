@@ -223,4 +223,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
             length_penalty=decode_settings.length_penalty,
         ),
         score_predictions=score_predictions,
+        sequence_keys=("inputs", "targets"),
     )
