@@ -188,7 +188,7 @@ def test_folder_reader_refuses_sides_of_different_lengths(tmp_path):
 
 
 def test_folder_reader_names_the_missing_folder_and_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"does not exist .*train\.de\[\.gz\]"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist; prepare .*train\.de\[\.gz\]"):
         corpora.read_parallel_folder(tmp_path / "nowhere", "de", "en")
     write_lines(tmp_path / "train.de", ["a"])
     with pytest.raises(FileNotFoundError, match=r"lacks .*train\.en\[\.gz\]"):
@@ -280,3 +280,22 @@ def test_exact_match_counts_identical_strings():
     assert metrics.exact_match(["walk", "jump"], ["walk", "jump"]) == 1.0
     # Case and spacing count: a near miss is a miss.
     assert metrics.exact_match(["Walk", "jump "], ["walk", "jump"]) == 0.0
+
+
+def test_chinese_targets_are_scored_with_sacrebleus_zh_tokenizer():
+    assert metrics.bleu_tokenizer_for("zh") == "zh"
+    assert metrics.bleu_tokenizer_for("zh-Hans") == "zh"
+    assert metrics.bleu_tokenizer_for("en") == "13a"
+    assert metrics.bleu_tokenizer_for("zh", override="char") == "char"
+    # Unsegmented Chinese is one 13a token per sentence, so a near miss scores zero; zh splits
+    # the characters and credits the shared ones.
+    hypotheses, references = ["我喜欢猫。"], ["我喜欢狗。"]
+    assert metrics.corpus_bleu(hypotheses, references, tokenize="13a")[0] == 0.0
+    score, signature = metrics.corpus_bleu(hypotheses, references, tokenize="zh")
+    expected = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="zh").score
+    assert score == expected > 0.0 and "tok:zh" in signature
+
+
+def test_unknown_bleu_tokenizer_names_the_config_key():
+    with pytest.raises(ValueError, match="bleu_tokenizer"):
+        metrics.corpus_bleu(["a"], ["a"], tokenize="klingon")

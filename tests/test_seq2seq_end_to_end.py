@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from research import data
 from research import workdir as workdir_lib
+from tests import helpers
 from tests.conftest import (
     REPO_ROOT,
     check_golden,
@@ -160,3 +161,31 @@ def test_missing_wmt_is_reported_with_how_to_prepare_it(tmp_path):
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert "wmt14_translate/de-en" in message and "tfds build" in message, message
+
+
+@pytest.mark.parametrize("source,target,tokenizer", [("zh", "en", "13a"), ("en", "zh", "zh")])
+def test_chinese_folder_trains_both_ways_and_is_scored_with_the_target_tokenizer(
+    source, target, tokenizer, tmp_path
+):
+    folder = helpers.write_chinese_english_folder(tmp_path / "corpus")
+    config = load_config(
+        os.path.join(CONFIGS, "translate_folder_transformer.py"), **SHORT_RUN, **TINY_TRANSFORMER
+    )
+    config.data_dir = str(folder)
+    config.source_language, config.target_language = source, target
+    config.eval_splits = ("valid", "test_2016_flickr")
+    config.tokenizer.vocab_size = 120
+    config.tokenizer.character_coverage = 0.9995
+    config.tokenizer.cache_dir = str(tmp_path / "cache")
+    config.decode.max_length = 24
+    summary = run_experiment(config, tmp_path / "run")
+    signature = summary["evaluation_details"]["test_2016_flickr"]["sacrebleu_signature"]
+    assert f"tok:{tokenizer}" in signature
+    assert 0.0 <= summary["test_2016_flickr"]["bleu"] <= 100.0
+    examples = [
+        json.loads(line)
+        for line in (tmp_path / "run" / workdir_lib.EXAMPLES_FILE).read_text().splitlines()
+    ]
+    by_source = dict(helpers.CHINESE_ENGLISH if source == "zh" else
+                     [(english, chinese) for chinese, english in helpers.CHINESE_ENGLISH])  # fmt: skip
+    assert all(by_source[e["source"]] == e["reference"] for e in examples)

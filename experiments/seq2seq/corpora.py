@@ -57,8 +57,9 @@ def read_parallel_folder(
     wanted = [f"train.{source_language}[.gz]", f"train.{target_language}[.gz]"]
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"Parallel corpus folder {folder} does not exist (looked for {' and '.join(wanted)} "
-            "in it); point the config at the folder that holds the corpus files."
+            f"Parallel corpus folder {folder} does not exist; prepare Multi30k there with "
+            f"`python -m experiments.seq2seq.multi30k --data_dir={folder}`, or set "
+            f"--config.data_dir to a folder holding {' and '.join(wanted)}."
         )
     source_files = _language_files(folder, source_language)
     target_files = _language_files(folder, target_language)

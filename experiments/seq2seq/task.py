@@ -73,6 +73,7 @@ def _tokenizers(config, pairs, artifacts_dir):
             settings.vocab_size,
             settings.model_type,
             os.path.expanduser(settings.cache_dir),
+            character_coverage=settings.character_coverage,
         )
     else:
         raise ConfigError(
@@ -178,15 +179,17 @@ def predict(model, variables, batch, *, max_length: int, beam_size: int, length_
     return tokens
 
 
-def score_predictions(split: str, predictions: np.ndarray, dataset: data.Dataset):
+def score_predictions(
+    split: str, predictions: np.ndarray, dataset: data.Dataset, *, bleu_tokenizer: str
+):
     """Exact match and sacreBLEU over the detokenized hypotheses of a whole split."""
     tokenizer = dataset.info["target_tokenizer"]
     split_pairs = dataset.info["pairs"][split]
     hypotheses = [tokenizer.decode(row.tolist()) for row in predictions]
     references = [target for _, target in split_pairs]
-    bleu, signature = metrics.corpus_bleu(hypotheses, references)
+    bleu, signature = metrics.corpus_bleu(hypotheses, references, tokenize=bleu_tokenizer)
     bleu_lowercase, signature_lowercase = metrics.corpus_bleu(
-        hypotheses, references, lowercase=True
+        hypotheses, references, lowercase=True, tokenize=bleu_tokenizer
     )
     examples = [
         {"source": source, "reference": reference, "hypothesis": hypothesis}
@@ -222,6 +225,11 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
             beam_size=decode_settings.beam_size,
             length_penalty=decode_settings.length_penalty,
         ),
-        score_predictions=score_predictions,
+        score_predictions=functools.partial(
+            score_predictions,
+            bleu_tokenizer=metrics.bleu_tokenizer_for(
+                config.target_language, config.get("bleu_tokenizer", "")
+            ),
+        ),
         sequence_keys=("inputs", "targets"),
     )

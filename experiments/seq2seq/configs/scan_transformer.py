@@ -27,10 +27,15 @@ def get_config(argument: str | None = None) -> ml_collections.ConfigDict:
             "model_type": "unigram",
             "cache_dir": "~/.cache/research/sentencepiece",
             "max_training_sentences": 2_000_000,
+            # Characters SentencePiece must cover; 0.9995 is usual for Chinese and Japanese.
+            "character_coverage": 1.0,
         }
     )
     config.max_input_length = 10  # at most 9 words + EOS
     config.max_target_length = 49  # at most 48 actions + EOS
+    # Padded lengths of length-bucketed batches, e.g. (8, 16, 24, 32); () pads every batch to
+    # the maximum lengths above.
+    config.bucket_boundaries = ()
     config.model = ml_collections.ConfigDict(
         {
             "name": "transformer",
@@ -47,6 +52,7 @@ def get_config(argument: str | None = None) -> ml_collections.ConfigDict:
         }
     )
     config.label_smoothing = 0.0
+    config.bleu_tokenizer = ""  # sacreBLEU's; "" = zh for Chinese targets, 13a otherwise
     config.decode = ml_collections.ConfigDict(
         {"beam_size": 1, "length_penalty": 0.6, "max_length": 49}
     )

@@ -1,11 +1,13 @@
 """A Transformer on a folder of parallel text (default: Multi30k German -> English).
 
 `data_dir` is the folder holding `train.<lang>`, `val.<lang>` and `test*.<lang>` (optionally
-gzipped); a SentencePiece vocabulary shared by both languages is trained on its train split.
+gzipped), by default where `python -m experiments.seq2seq.multi30k` prepares Multi30k; a
+SentencePiece vocabulary shared by both languages is trained on its train split.
 """
 
 import ml_collections
 
+from experiments.seq2seq import multi30k
 from experiments.seq2seq.configs import scan_transformer
 
 
@@ -13,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = scan_transformer.get_config()
     config.dataset = "folder"
     config.scan_split = ""
-    config.data_dir = "../shared/data/multi30k"
+    config.data_dir = multi30k.DEFAULT_DIR  # python -m experiments.seq2seq.multi30k fills it
     config.source_language = "de"
     config.target_language = "en"
     config.eval_splits = ("valid", "test_2016_flickr", "test_2017_flickr")
