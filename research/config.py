@@ -27,6 +27,7 @@ POSITIVE_INTEGERS = (
     "eval_batch_size",
     "keep_checkpoints",
 )
+NON_NEGATIVE_INTEGERS = ("average_last_checkpoints",)
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,15 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
                 f"config.{key} is {config[key]} but must be a positive integer; "
                 f"set --config.{key} to 1 or more."
             )
+    for key in NON_NEGATIVE_INTEGERS:
+        if key in config and config[key] < 0:
+            raise ConfigError(f"config.{key} is {config[key]}; set it to 0 (off) or more.")
+    averaged = config.get("average_last_checkpoints", 0)
+    if averaged > config.get("keep_checkpoints", 3):
+        raise ConfigError(
+            f"config.average_last_checkpoints={averaged} exceeds the {config.keep_checkpoints} "
+            f"checkpoints kept; set --config.keep_checkpoints to {averaged} or more."
+        )
     if config.learning_rate <= 0:
         raise ConfigError(
             f"config.learning_rate is {config.learning_rate} but must be positive; "
@@ -118,5 +128,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
+    config.average_last_checkpoints = 0  # > 1: also evaluate the mean of the last N checkpoints
     config.data_dir = "~/tensorflow_datasets"
     return config

@@ -64,7 +64,8 @@ class Evaluator:
                 functools.partial(steps.predict_step, model=model, task=task)
             )
 
-    def __call__(self, step: int, p_state) -> dict[str, dict[str, float]]:
+    def __call__(self, step: int, p_state, suffix: str = "") -> dict[str, dict[str, float]]:
+        """Metrics per split, recorded as `<split><suffix>` (e.g. "valid_averaged")."""
         results = {}
         for split, arrays in self.dataset.eval_splits.items():
             buckets = self.buckets.get(split)
@@ -77,10 +78,10 @@ class Evaluator:
                 )
                 scores, details = self.task.score_predictions(split, predictions, self.dataset)
                 metrics.update(scores)
-                self.writer.write_examples(step, split, details.pop("examples", []))
-                self.details[split] = details
-            results[split] = {**metrics, **self.reference.get(split, {})}
-            self.writer.write_metrics(step, split, results[split])
+                self.writer.write_examples(step, split + suffix, details.pop("examples", []))
+                self.details[split + suffix] = details
+            results[split + suffix] = {**metrics, **self.reference.get(split, {})}
+            self.writer.write_metrics(step, split + suffix, results[split + suffix])
         logging.info(
             "step %d eval: %s",
             step,

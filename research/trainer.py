@@ -208,12 +208,27 @@ def train_and_evaluate(
     checkpointer.wait()
     checkpointer.close()
 
-    final_params = parallel.unreplicate(p_state.params)
+    final_state = parallel.unreplicate(p_state)
+    final_params = final_state.params
+    averaged = {}
+    if config.get("average_last_checkpoints", 0) > 1:
+        averaged_state, averaged_steps = checkpoints.average_of_last(
+            checkpointer.directory, config.average_last_checkpoints, final_state
+        )
+        logging.info("Evaluating the mean parameters of steps %s.", averaged_steps)
+        eval_results.update(
+            run_evaluation(num_steps, parallel.replicate(averaged_state), suffix="_averaged")
+        )
+        averaged = {
+            "averaged_checkpoints": averaged_steps,
+            "averaged_params_sha256": workdir_lib.params_sha256(averaged_state.params),
+        }
     loop_seconds = time.time() - loop_start if loop_start else 0.0
     summary = {
         **eval_results,
         "train": train_metrics,
         "params_sha256": workdir_lib.params_sha256(final_params),
+        **averaged,
         "final_step": num_steps,
         **({"evaluation_details": run_evaluation.details} if run_evaluation.details else {}),
         "wall_time_s": time.time() - start_time,

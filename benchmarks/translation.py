@@ -1,0 +1,208 @@
+"""Translation on real data: what length bucketing buys, and a trained run's BLEU per setting.
+
+    .venv/bin/python benchmarks/translation.py --workdir=runs/multi30k speed [--out=FILE]
+    .venv/bin/python benchmarks/translation.py --workdir=runs/multi30k bleu --splits=valid \
+        --beam_size=4 --length_penalty=0.6 [--average_last=5]
+
+`speed` measures, on the run's data and tokenizer: the padding efficiency (real tokens / padded
+tokens, sources and targets) of one epoch of training batches, real tokens per second of the
+train step over the same steps (every shape compiled beforehand), and beam-search decoding of
+a whole split with the run's trained parameters; each bucketed and padded to the full width.
+`bleu` scores the run's latest (or averaged) parameters with other decoding settings, so they
+can be chosen on the validation split. Nothing in the workdir is changed.
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import jax  # noqa: E402 (after the path is set)
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from research import checkpoints, data, evaluation, optimizers, parallel, steps  # noqa: E402
+from research import workdir as workdir_lib  # noqa: E402
+
+
+def load_run(workdir: str, overrides: dict):
+    """The run's config (with `overrides`), task, dataset, model and an initialized state."""
+    from experiments.seq2seq import task as seq2seq
+
+    with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as file:
+        config = ml_collections.ConfigDict(json.load(file))
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    task = seq2seq.get_task(config)
+    dataset = task.load_data(config, os.path.join(workdir, workdir_lib.ARTIFACTS_DIR))
+    model = task.create_model(config, dataset.info)
+    optimizer = optimizers.create_optimizer(config)
+    example = {key: value[:1] for key, value in dataset.train.items()}
+    state = steps.create_train_state(jax.random.PRNGKey(0), model, task, example, optimizer)
+    return config, task, dataset, model, state, optimizer
+
+
+def trained_state(workdir: str, state, average_last: int):
+    directory = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
+    if average_last > 1:
+        return checkpoints.average_of_last(directory, average_last, state)
+    step = checkpoints.saved_steps(directory)[-1]
+    return checkpoints.restore_params(directory, step, state), [step]
+
+
+def _tokens(batch: dict) -> tuple[int, int]:
+    """(real, padded) token counts of a batch's sources and targets."""
+    real = sum(int((batch[key] != 0).sum()) for key in ("inputs", "targets"))
+    return real, sum(batch[key].size for key in ("inputs", "targets"))
+
+
+def train_speed(config, task, dataset, model, state, optimizer, buckets, num_steps: int):
+    """Padding efficiency of one epoch and real tokens/s of `num_steps` train steps."""
+    batches_per_epoch = data.num_examples(dataset.train) // config.batch_size
+    epoch = [
+        data.train_batch(dataset.train, config.batch_size, config.seed, step, buckets)
+        for step in range(batches_per_epoch)
+    ]
+    counts = np.array([_tokens(batch) for batch in epoch])
+    p_train_step = parallel.pmap(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            task=task,
+            optimizer=optimizer,
+            learning_rate_fn=optimizers.create_learning_rate_schedule(config),
+        ),
+        donate_argnums=(0,),
+    )
+    p_state, p_rng = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(0))
+    timed = epoch[:num_steps]
+    compile_start = time.perf_counter()
+    for length in sorted({batch["inputs"].shape[1] for batch in timed}):  # compile each shape
+        batch = next(b for b in timed if b["inputs"].shape[1] == length)
+        p_state, metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
+        jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - compile_start
+    start = time.perf_counter()
+    for batch in timed:
+        p_state, metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    return {
+        "padding_efficiency": float(counts[:, 0].sum() / counts[:, 1].sum()),
+        "shapes_per_epoch": len({batch["inputs"].shape[1] for batch in epoch}),
+        "timed_steps": num_steps,
+        "seconds_per_step": seconds / num_steps,
+        "real_tokens_per_s": float(counts[:num_steps, 0].sum() / seconds),
+        "padded_tokens_per_s": float(counts[:num_steps, 1].sum() / seconds),
+        "compile_and_first_steps_s": compile_s,
+    }
+
+
+def decode_speed(config, task, dataset, model, state, split: str, buckets):
+    """Seconds and real tokens/s of beam search over `split`, with its BLEU (second pass)."""
+    arrays = dataset.eval_splits[split]
+    p_predict_step = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
+    p_state = parallel.replicate(state)
+    batch_size = config.eval_batch_size
+    evaluation.predictions_of_split(p_predict_step, p_state, arrays, batch_size, buckets)
+    start = time.perf_counter()
+    predictions = evaluation.predictions_of_split(
+        p_predict_step, p_state, arrays, batch_size, buckets
+    )
+    seconds = time.perf_counter() - start
+    counts = np.array([_tokens(b) for b in data.eval_batches(arrays, batch_size, buckets)])
+    output_tokens = int((predictions != 0).sum())
+    scores, _ = task.score_predictions(split, predictions, dataset)
+    return {
+        "split": split,
+        "seconds": seconds,
+        "input_padding_efficiency": float(counts[:, 0].sum() / counts[:, 1].sum()),
+        "output_tokens_per_s": output_tokens / seconds,
+        "bleu": scores["bleu"],
+    }
+
+
+def measure_speed(arguments) -> dict:
+    config, task, dataset, model, state, optimizer = load_run(arguments.workdir, {})
+    boundaries = tuple(config.bucket_boundaries)
+    trained, _ = trained_state(arguments.workdir, state, 0)
+    results = {"workdir": arguments.workdir, "devices": parallel.device_description()}
+    for mode, bucketed in (("full_width", False), ("bucketed", True)):
+        train_buckets = (
+            data.length_buckets(dataset.train, task.sequence_keys, boundaries) if bucketed else None
+        )
+        split_buckets = (
+            data.length_buckets(
+                dataset.eval_splits[arguments.decode_split], task.sequence_keys, boundaries
+            )
+            if bucketed
+            else None
+        )
+        results[mode] = {
+            "train": train_speed(
+                config, task, dataset, model, state, optimizer, train_buckets, arguments.steps
+            ),
+            "decode": decode_speed(
+                config, task, dataset, model, trained, arguments.decode_split, split_buckets
+            ),
+        }
+        print(mode, json.dumps(results[mode], indent=1), flush=True)
+    return results
+
+
+def measure_bleu(arguments) -> dict:
+    overrides = {
+        "decode.beam_size": arguments.beam_size,
+        "decode.length_penalty": arguments.length_penalty,
+    }
+    config, task, dataset, model, state, _ = load_run(arguments.workdir, overrides)
+    trained, averaged = trained_state(arguments.workdir, state, arguments.average_last)
+    p_predict_step = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
+    p_state = parallel.replicate(trained)
+    results = {"checkpoints": averaged, **overrides}
+    for split in arguments.splits.split(","):
+        arrays = dataset.eval_splits[split]
+        buckets = data.length_buckets(arrays, task.sequence_keys, tuple(config.bucket_boundaries))
+        predictions = evaluation.predictions_of_split(
+            p_predict_step, p_state, arrays, config.eval_batch_size, buckets
+        )
+        scores, details = task.score_predictions(split, predictions, dataset)
+        results[split] = {**scores, "signature": details["sacrebleu_signature"]}
+    print(json.dumps(results, indent=1), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a seq2seq run's workdir")
+    parser.add_argument("--out", help="also write the results to this JSON file")
+    commands = parser.add_subparsers(dest="command", required=True)
+    speed = commands.add_parser("speed")
+    speed.add_argument("--steps", type=int, default=30, help="train steps timed per mode")
+    speed.add_argument("--decode_split", default="valid")
+    bleu = commands.add_parser("bleu")
+    bleu.add_argument("--splits", default="valid")
+    bleu.add_argument("--beam_size", type=int, default=4)
+    bleu.add_argument("--length_penalty", type=float, default=0.6)
+    bleu.add_argument("--average_last", type=int, default=0, help="checkpoints to average")
+    arguments = parser.parse_args()
+    jax.config.update(
+        "jax_compilation_cache_dir", os.path.expanduser("~/.cache/research/jax_compilation_cache")
+    )
+    results = measure_speed(arguments) if arguments.command == "speed" else measure_bleu(arguments)
+    if arguments.out:
+        with open(arguments.out, "w") as file:
+            json.dump(results, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
