@@ -90,9 +90,7 @@ def _start_processes(workdir, data_dir, overrides, count=2, config=CONFIG):
 
 
 @pytest.mark.parametrize("case", ["image_classification", "bucketed_translation"])
-def test_two_processes_give_the_metrics_of_one_process_with_four_devices(
-    case, data_dir, tmp_path
-):
+def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, data_dir, tmp_path):
     config, overrides, metrics = CONFIG, OVERRIDES, ("loss", "accuracy")
     if case == "bucketed_translation":
         data_dir = str(helpers.write_parallel_folder(tmp_path / "corpus"))

@@ -186,6 +186,8 @@ def test_chinese_folder_trains_both_ways_and_is_scored_with_the_target_tokenizer
         json.loads(line)
         for line in (tmp_path / "run" / workdir_lib.EXAMPLES_FILE).read_text().splitlines()
     ]
-    by_source = dict(helpers.CHINESE_ENGLISH if source == "zh" else
-                     [(english, chinese) for chinese, english in helpers.CHINESE_ENGLISH])  # fmt: skip
+    pairs = helpers.CHINESE_ENGLISH
+    by_source = dict(
+        pairs if source == "zh" else [(english, chinese) for chinese, english in pairs]
+    )
     assert all(by_source[e["source"]] == e["reference"] for e in examples)
