@@ -148,10 +148,10 @@ def main(argv: list[str]) -> None:
             workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
         config_lib.validate(config, parallel.global_device_count())
         task = _import_task(config.task).get_task(config)
-        if FLAGS.overwrite:
-            workdir_lib.remove_run(workdir)
         logging.info("Workdir: %s", os.path.abspath(workdir))
-        trainer.train_and_evaluate(config, workdir, task, init_from=FLAGS.init_from)
+        trainer.train_and_evaluate(
+            config, workdir, task, init_from=FLAGS.init_from, overwrite=FLAGS.overwrite
+        )
         if FLAGS.reproduce:
             report = reproduce.compare(FLAGS.reproduce, workdir)
             print(reproduce.describe(report))

@@ -1,14 +1,17 @@
 """Saving and restoring the train state with orbax; the last K checkpoints are kept.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a
-checkpoint being written when the process dies is never the one restored. A checkpoint that
-is complete but unreadable (truncated or corrupted later) is moved aside and the previous one
-is restored.
+checkpoint being written when the process dies is never the one restored. Before a restore the
+checkpoint's recorded shapes are compared with the model's: a checkpoint of another model stops
+the launch and is left where it is. Only a checkpoint whose bytes cannot be read (truncated or
+damaged later) is moved aside, and the previous one is restored.
 """
 
 import os
 import shutil
+from collections.abc import Mapping
 
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -18,10 +21,68 @@ from research import parallel
 from research.steps import TrainState
 
 CORRUPT_DIR = "corrupt_checkpoints"
+ITEM = "default"  # the folder orbax gives a single saved item inside a step's folder
 
 
 class CheckpointError(OSError):
     """A checkpoint could not be written or no checkpoint could be read."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint of a different model: nothing is moved, the user decides."""
+
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _path_name(key) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def expected_shapes(tree) -> Shapes:
+    """{"params/encoder/kernel": shape} for every array leaf of a state or parameter tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_path_name(k) for k in path): tuple(np.shape(leaf)) for path, leaf in leaves}
+
+
+def _metadata_shapes(tree, prefix: str = "") -> Shapes:
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    elif tree is None:  # an empty optimizer state
+        return {}
+    else:
+        return {prefix: tuple(tree.shape)}
+    shapes: Shapes = {}
+    for key, value in items:
+        shapes.update(_metadata_shapes(value, f"{prefix}/{key}" if prefix else str(key)))
+    return shapes
+
+
+def _first_mismatch(saved: Shapes, expected: Shapes) -> str | None:
+    """A sentence fragment naming the first path whose shape differs, or None if none does."""
+    for path in sorted(set(saved) | set(expected)):
+        if saved.get(path) != expected.get(path):
+            there, here = saved.get(path, "absent"), expected.get(path, "absent")
+            return f"{path} is {there} in the checkpoint but {here} in this model"
+    return None
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
 
 
 class Checkpointer:
@@ -36,6 +97,7 @@ class Checkpointer:
         return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler(),
         )
 
     def latest_step(self) -> int | None:
@@ -65,22 +127,43 @@ class Checkpointer:
             raise self._write_error(self.latest_step() or -1, error) from error
 
     def restore_latest(self, like: TrainState) -> TrainState | None:
-        """The newest readable checkpoint as a state shaped like `like`, or None if none."""
+        """The newest readable checkpoint as a state shaped like `like`, or None if none.
+
+        Raises `CheckpointMismatchError` (moving nothing) when a checkpoint holds another model.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+                saved = _metadata_shapes(self._manager.item_metadata(step).tree)
             except Exception as error:  # orbax raises many types for damaged files
-                logging.warning(
-                    "The checkpoint of step %d is unreadable (%s); restoring the one before.",
-                    step,
-                    error,
+                self._report_unreadable(step, error)
+                continue
+            mismatch = _first_mismatch(saved, expected_shapes(like))
+            if mismatch:
+                raise CheckpointMismatchError(
+                    f"The checkpoint of step {step} in {self.directory} holds another model "
+                    f"({mismatch}); it was left untouched: launch into a new --workdir (or "
+                    "--init_from a run of this model), or go back to the config and code that "
+                    "wrote it."
                 )
-                self._set_aside(step)
+            try:
+                state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as error:
+                self._report_unreadable(step, error)
                 continue
             logging.info("Restored the checkpoint of step %d from %s.", step, self.directory)
             return state
         return None
+
+    def _report_unreadable(self, step: int, error: Exception) -> None:
+        logging.warning(
+            "The checkpoint of step %d is unreadable (%s); it was moved to %s and the one "
+            "before it is tried.",
+            step,
+            _short(error),
+            CORRUPT_DIR,
+        )
+        self._set_aside(step)
 
     def _set_aside(self, step: int) -> None:
         """Moves a damaged checkpoint out of the way (kept for inspection, not deleted)."""
@@ -111,7 +194,51 @@ def restore_params(directory: str, step: int, like: TrainState) -> TrainState:
         lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype), like
     )
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(os.path.join(directory, str(step), "default"), abstract)
+        return checkpointer.restore(
+            os.path.join(os.path.abspath(directory), str(step), ITEM), abstract
+        )
+
+
+def restore_model_from(directory: str, like: TrainState) -> tuple[TrainState, int]:
+    """`like` with the parameters and model state of the newest checkpoint in `directory`.
+
+    Opens `directory` read-only: nothing there is created, moved or written. The optimizer
+    state is not read, so the other run may have used another optimizer. Raises
+    `CheckpointError` when there is no checkpoint and `CheckpointMismatchError` when it holds
+    another model.
+    """
+    steps = saved_steps(directory)
+    if not steps:
+        raise CheckpointError(
+            f"{directory} holds no checkpoint; pass the workdir of a run that saved one."
+        )
+    manager = _read_only_manager(directory)
+    try:
+        step = steps[-1]
+        saved_tree = manager.item_metadata(step).tree
+        wanted = {"params": like.params, "model_state": like.model_state}
+        saved = {
+            path: shape
+            for path, shape in _metadata_shapes(saved_tree).items()
+            if path.split("/")[0] in wanted
+        }
+        mismatch = _first_mismatch(saved, expected_shapes(wanted))
+        if mismatch:
+            raise CheckpointMismatchError(
+                f"The checkpoint of step {step} in {directory} holds another model ({mismatch}); "
+                "pass --init_from a run of this model's architecture."
+            )
+        abstract = jax.tree.map(
+            lambda metadata: jax.ShapeDtypeStruct(metadata.shape, metadata.dtype), saved_tree
+        )
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    finally:
+        manager.close()
+    params = flax.serialization.from_state_dict(like.params, restored["params"])
+    model_state = flax.serialization.from_state_dict(
+        like.model_state, restored.get("model_state", {})
+    )
+    return like.replace(params=params, model_state=model_state), step
 
 
 def average_of_last(directory: str, count: int, like: TrainState) -> tuple[TrainState, list[int]]:

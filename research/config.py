@@ -1,5 +1,7 @@
 """Checks a resolved experiment config before anything is compiled or written."""
 
+import math
+
 import ml_collections
 
 from research import optimizers
@@ -27,7 +29,18 @@ POSITIVE_INTEGERS = (
     "eval_batch_size",
     "keep_checkpoints",
 )
-NON_NEGATIVE_INTEGERS = ("average_last_checkpoints",)
+NON_NEGATIVE_INTEGERS = ("seed", "warmup_steps", "average_last_checkpoints")
+# Numbers that must lie in [low, high] (None: unbounded); every number must be finite.
+RANGES = {
+    "weight_decay": (0.0, None),
+    "grad_clip_norm": (0.0, None),
+    "momentum": (0.0, 1.0),
+    "decay_factor": (0.0, 1.0),
+    "adam_beta2": (0.0, 1.0),
+    "label_smoothing": (0.0, 1.0),
+    "dropout_rate": (0.0, 1.0),
+    "attention_dropout_rate": (0.0, 1.0),
+}
 
 
 class ConfigError(ValueError):
@@ -36,6 +49,25 @@ class ConfigError(ValueError):
 
 def _type_name(expected: type) -> str:
     return {int: "an integer", float: "a number", str: "a string"}[expected]
+
+
+def _numbers(config: ml_collections.ConfigDict, prefix: str = ""):
+    """(dotted key, value) of every number in the config, nested configs included."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+    for key, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"config.{key} is {value}; set --config.{key} to a finite number.")
+        low, high = RANGES.get(key.rsplit(".", 1)[-1], (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"{low} or more"
+            raise ConfigError(f"config.{key} is {value}; set --config.{key} {bounds}.")
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
@@ -60,13 +92,14 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             )
     for key in NON_NEGATIVE_INTEGERS:
         if key in config and config[key] < 0:
-            raise ConfigError(f"config.{key} is {config[key]}; set it to 0 (off) or more.")
+            raise ConfigError(f"config.{key} is {config[key]}; set --config.{key} to 0 or more.")
     averaged = config.get("average_last_checkpoints", 0)
     if averaged > config.get("keep_checkpoints", 3):
         raise ConfigError(
             f"config.average_last_checkpoints={averaged} exceeds the {config.keep_checkpoints} "
             f"checkpoints kept; set --config.keep_checkpoints to {averaged} or more."
         )
+    _check_numbers(config)
     if config.learning_rate <= 0:
         raise ConfigError(
             f"config.learning_rate is {config.learning_rate} but must be positive; "

@@ -62,12 +62,14 @@ def train_step(
     optimizer: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     skip_nonfinite: bool = False,
-) -> tuple[TrainState, Metrics]:
+) -> tuple[TrainState, dict[str, Metrics]]:
     """One optimizer step on this device's shard of the global batch.
 
     Each device's loss is normalised by the mean per-device weight, so averaging gradients
     with `pmean` gives exactly the gradient of the weighted mean loss over the global batch,
-    even when devices hold different weights (tokens). Returns summed metrics. With
+    even when devices hold different weights (tokens). Returns the new state and
+    `{"sums": task metric sums over the global batch, "diagnostics": grad_norm,
+    learning_rate, all_finite}`. With
     `skip_nonfinite`, a step whose loss or gradient is not finite leaves the state unchanged.
     """
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), parallel.device_index())
@@ -94,8 +96,7 @@ def train_step(
         opt_state = keep(opt_state, state.opt_state)
         model_state = keep(model_state, state.model_state)
     sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, batch))
-    metrics = {
-        **parallel.sum_over_devices(sums),
+    diagnostics = {
         "grad_norm": grad_norm,
         "learning_rate": learning_rate_fn(state.step),
         "all_finite": all_finite,
@@ -103,7 +104,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
     )
-    return new_state, metrics
+    return new_state, {"sums": parallel.sum_over_devices(sums), "diagnostics": diagnostics}
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> Metrics:

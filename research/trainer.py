@@ -1,8 +1,16 @@
-"""The generic training loop: `train_and_evaluate(config, workdir, task)` serves every task."""
+"""The generic training loop: `train_and_evaluate(config, workdir, task)` serves every task.
 
+`setup` does everything that can fail on bad input (config, workdir, data, a checkpoint of
+another model) before the workdir is changed; the loop then trains, logs, evaluates and
+checkpoints.
+"""
+
+import dataclasses
 import functools
 import os
+import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,45 +23,200 @@ from research import workdir as workdir_lib
 from research.config import ConfigError, validate
 from research.task import Task
 
-# Train-step outputs that are not metric sums for `task.summarize`.
-_STEP_DIAGNOSTICS = ("grad_norm", "learning_rate", "all_finite")
+# Steps dispatched ahead of the host. Unbounded, a CPU with fewer cores than simulated devices
+# can start a later step's collectives on some devices while others still wait in an earlier
+# one, and the all-reduce times out; two keep the devices busy without that.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or a gradient became NaN or infinite."""
 
 
-def _summarize_train(pending: list[dict], task: Task) -> dict[str, float]:
-    """Metrics over the steps since the last log, from their fetched per-step outputs."""
-    fetched = [parallel.unreplicate(metrics) for metrics in pending]
-    sums = {
-        name: float(np.sum([m[name] for m in fetched], dtype=np.float64))
-        for name in fetched[0]
-        if name not in _STEP_DIAGNOSTICS
-    }
-    return {
-        **task.summarize(sums),
-        "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-        "learning_rate": float(fetched[-1]["learning_rate"]),
-    }
+@dataclasses.dataclass
+class Run:
+    """What `setup` prepares for the loop (and what the benchmarks time)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    task: Task
+    dataset: data.Dataset
+    state: steps.TrainState  # a host copy: restored, initialized from another run, or fresh
+    train_rng: jax.Array
+    train_step: Callable  # pmapped (state, batch, rng) -> (state, step outputs)
+    train_buckets: data.LengthBuckets | None
+    evaluate: evaluation.Evaluator
+    writer: workdir_lib.Writer
+    checkpointer: checkpoints.Checkpointer
+    lock: workdir_lib.Lock
+    start_time: float
+
+    def train_batch(self, step: int) -> data.Arrays:
+        config = self.config
+        return data.train_batch(
+            self.dataset.train, config.batch_size, config.seed, step, self.train_buckets
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+        self.lock.release()
 
 
-def _first_nonfinite_step(pending: list[dict], first_step: int) -> int | None:
-    """The 1-based step number whose loss or gradient was not finite, if any."""
-    finite = [bool(parallel.unreplicate(metrics["all_finite"])) for metrics in pending]
-    return None if all(finite) else first_step + finite.index(False)
+def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
+    if tuple(config.get("bucket_boundaries", ())) and not task.sequence_keys:
+        raise ConfigError(
+            f"config.bucket_boundaries is set but task '{config.task}' has no sequences to "
+            "bucket; remove it with --config.bucket_boundaries='()'."
+        )
 
 
-def _raise_if_diverged(pending: list[dict], done: int, last_saved: int, config) -> None:
+def setup(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    *,
+    init_from: str | None = None,
+    overwrite: bool = False,
+) -> Run:
+    """Validates, locks the workdir, loads data, builds the model and restores or initializes.
+
+    A run of another config in `workdir` is refused unless `overwrite`, and then removed only
+    after the new run's data and model are ready. If anything fails, a workdir this call
+    created is removed again and an existing one is left as it was.
+    """
+    validate(config, parallel.global_device_count())
+    _check_task_config(config, task)
+    workdir_lib.check_usable(workdir)
+    created = not os.path.exists(workdir)
+    lock = workdir_lib.Lock(workdir)
+    try:
+        return _prepare(config, workdir, task, lock, init_from, overwrite)
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
+    start_time = time.time()
+    replacing = overwrite and workdir_lib.holds_run(workdir)
+    if not replacing:
+        workdir_lib.check_config_matches(workdir, config)
+    artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
+    dataset = task.load_data(config, artifacts + ".incoming" if replacing else artifacts)
+    model = task.create_model(config, dataset.info)
+    optimizer = optimizers.create_optimizer(config)
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    example_batch = {key: value[:1] for key, value in dataset.train.items()}
+    state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
+    if init_from:
+        state = _initialize_from(init_from, state)
+    if replacing:  # the new run is ready: only now does the old one go
+        removed = workdir_lib.remove_run(workdir)
+        if os.path.isdir(artifacts + ".incoming"):
+            os.replace(artifacts + ".incoming", artifacts)
+        logging.warning("--overwrite removed the earlier run's %s.", ", ".join(removed))
+
+    checkpointer = checkpoints.Checkpointer(
+        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
+    )
+    restored = checkpointer.restore_latest(like=state)
+    if restored is not None:
+        state = restored
+    writer = workdir_lib.Writer(workdir, start_time)
+    writer.keep_records_until(int(state.step))
+    writer.write_config(config)
+    writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
+
+    boundaries = tuple(config.get("bucket_boundaries", ()))
+    train_buckets = None
+    if boundaries:
+        train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
+    eval_batch_size = config.get("eval_batch_size", config.batch_size)
+    evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, boundaries)
+    train_step = parallel.pmap(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            task=task,
+            optimizer=optimizer,
+            learning_rate_fn=optimizers.create_learning_rate_schedule(config),
+            skip_nonfinite=config.get("skip_nonfinite_steps", False),
+        ),
+        donate_argnums=(0,),
+    )
+    return Run(
+        config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
+        writer, checkpointer, lock, start_time,
+    )  # fmt: skip
+
+
+def _initialize_from(other_workdir: str, state: steps.TrainState) -> steps.TrainState:
+    """A fresh state (step 0, new optimizer state) with the parameters of another run.
+
+    The other run is opened read-only: nothing there is created, moved or written.
+    """
+    directory = os.path.join(other_workdir, workdir_lib.CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise workdir_lib.WorkdirError(
+            f"--init_from={other_workdir} holds no checkpoints folder; pass the workdir of a "
+            "run that saved a checkpoint."
+        )
+    state, step = checkpoints.restore_model_from(directory, state)
+    logging.info("Initialized the parameters from %s (step %d).", other_workdir, step)
+    return state
+
+
+class Interval:
+    """The step outputs since the last log: divergence check, metrics and speed."""
+
+    def __init__(self, first_step: int):
+        self.first_step, self.start, self.outputs = first_step, time.time(), []
+
+    def add(self, outputs: dict) -> None:
+        self.outputs.append(outputs)
+        if len(self.outputs) > MAX_STEPS_IN_FLIGHT:
+            jax.block_until_ready(self.outputs[-MAX_STEPS_IN_FLIGHT - 1])
+
+    def first_nonfinite_step(self) -> int | None:
+        """The 1-based step number whose loss or gradient was not finite, if any."""
+        finite = [bool(parallel.unreplicate(o["diagnostics"]["all_finite"])) for o in self.outputs]
+        return None if all(finite) else self.first_step + 1 + finite.index(False)
+
+    def summarize(self, task: Task, done: int) -> dict[str, float]:
+        """Training metrics over the interval; starts the next interval at `done`."""
+        fetched = [parallel.unreplicate(outputs) for outputs in self.outputs]
+        sums = {
+            name: float(np.sum([f["sums"][name] for f in fetched], dtype=np.float64))
+            for name in fetched[0]["sums"]
+        }
+        now = time.time()
+        metrics = {
+            **task.summarize(sums),
+            "grad_norm": float(np.mean([f["diagnostics"]["grad_norm"] for f in fetched])),
+            "learning_rate": float(fetched[-1]["diagnostics"]["learning_rate"]),
+            "steps_per_second": (done - self.first_step) / (now - self.start),
+        }
+        self.first_step, self.start, self.outputs = done, now, []
+        return metrics
+
+
+def _raise_if_diverged(interval: Interval, last_saved: int | None, config) -> None:
     """Stops training at a non-finite loss or gradient unless such steps are skipped."""
     if config.get("skip_nonfinite_steps", False):
         return
-    bad_step = _first_nonfinite_step(pending, done - len(pending) + 1)
+    bad_step = interval.first_nonfinite_step()
     if bad_step is not None:
+        kept = (
+            f"the checkpoint of step {last_saved} is intact"
+            if last_saved
+            else "no checkpoint had been saved yet"
+        )
         raise TrainingDivergedError(
-            f"The loss or a gradient became NaN or infinite at step {bad_step}; the checkpoint "
-            f"of step {last_saved} is intact. Lower the learning rate, set "
-            "--config.grad_clip_norm, or set --config.skip_nonfinite_steps=True."
+            f"The loss or a gradient became NaN or infinite at step {bad_step}; {kept}. Lower "
+            "the learning rate, set --config.grad_clip_norm, or set "
+            "--config.skip_nonfinite_steps=True."
         )
 
 
@@ -78,24 +241,13 @@ def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:
     logging.info("Final metrics:\n%s", "\n".join(lines))
 
 
-def _initialize_from(other_workdir: str, state: steps.TrainState, config) -> steps.TrainState:
-    """A fresh state (step 0, new optimizer state) with the parameters of another run."""
-    source = checkpoints.Checkpointer(
-        os.path.join(other_workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
-    )
-    restored = source.restore_latest(like=state)
-    source.close()
-    if restored is None:
-        raise workdir_lib.WorkdirError(
-            f"--init_from={other_workdir} has no readable checkpoint; pass the workdir of a run "
-            "that saved one."
-        )
-    logging.info("Initialized the parameters from %s (step %d).", other_workdir, restored.step)
-    return state.replace(params=restored.params, model_state=restored.model_state)
-
-
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, task: Task, *, init_from: str | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    *,
+    init_from: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Trains `task` as `config` says, resuming from the workdir's latest checkpoint.
 
@@ -103,96 +255,42 @@ def train_and_evaluate(
     SIGTERM or SIGINT saves a checkpoint and raises `preemption.Preempted`. Returns the
     summary also written to `workdir/summary.json`.
     """
-    validate(config, parallel.global_device_count())
-    boundaries = tuple(config.get("bucket_boundaries", ()))
-    if boundaries and not task.sequence_keys:
-        raise ConfigError(
-            f"config.bucket_boundaries is set but task '{config.task}' has no sequences to "
-            "bucket; remove it with --config.bucket_boundaries='()'."
-        )
-    workdir_lib.check_config_matches(workdir, config)
-    start_time = time.time()
-    dataset = task.load_data(config, os.path.join(workdir, workdir_lib.ARTIFACTS_DIR))
-    model = task.create_model(config, dataset.info)
-    optimizer = optimizers.create_optimizer(config)
-    learning_rate_fn = optimizers.create_learning_rate_schedule(config)
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    example_batch = {key: value[:1] for key, value in dataset.train.items()}
-    state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
+    run = setup(config, workdir, task, init_from=init_from, overwrite=overwrite)
+    try:
+        return _train(run)
+    finally:
+        run.close()
 
-    writer = workdir_lib.Writer(workdir, start_time)
-    checkpointer = checkpoints.Checkpointer(
-        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
-    )
-    restored = checkpointer.restore_latest(like=state)
-    if restored is not None:
-        state = restored
-        writer.truncate_records_after(int(state.step))
-    elif init_from:
-        state = _initialize_from(init_from, state, config)
-    writer.write_config(config)
-    writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
-    train_buckets = None
-    if boundaries:
-        train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
-    run_evaluation = evaluation.Evaluator(
-        model,
-        task,
-        dataset,
-        config.get("eval_batch_size", config.batch_size),
-        writer,
-        boundaries,
-    )
 
-    p_train_step = parallel.pmap(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            task=task,
-            optimizer=optimizer,
-            learning_rate_fn=learning_rate_fn,
-            skip_nonfinite=config.get("skip_nonfinite_steps", False),
-        ),
-        donate_argnums=(0,),
-    )
-    p_state = parallel.replicate(state)
-    p_rng = parallel.replicate(train_rng)
-    del state  # the replicated copy is the only live state from here on
-
-    first_step = int(parallel.unreplicate(p_state.step))
+def _train(run: Run) -> dict[str, Any]:
+    config, checkpointer = run.config, run.checkpointer
+    p_state, p_rng = parallel.replicate(run.state), parallel.replicate(run.train_rng)
+    first_step = int(run.state.step)
+    run.state = None  # the replicated copy is the only live state from here on
     num_steps = config.num_train_steps
-    pending: list[dict] = []
-    interval_start, interval_first_step = time.time(), first_step
-    loop_start, train_metrics, eval_results = None, {}, {}
-    last_saved = first_step
+    interval, train_metrics, eval_results = Interval(first_step), {}, {}
+    last_saved = first_step or None
+    loop_start = loop_first_step = None
     with preemption.SignalWatcher() as signals:
         for step in range(first_step, num_steps):
-            batch = data.train_batch(
-                dataset.train, config.batch_size, config.seed, step, train_buckets
-            )
-            p_state, step_metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
-            pending.append(step_metrics)
+            p_state, outputs = run.train_step(p_state, parallel.shard(run.train_batch(step)), p_rng)
+            interval.add(outputs)
             done = step + 1
             if loop_start is None:  # exclude compilation from the measured speed
-                jax.block_until_ready(step_metrics)
+                jax.block_until_ready(outputs)
                 loop_start, loop_first_step = time.time(), done
             is_last = done == num_steps
             must_log = done % config.log_every_steps == 0 or is_last
             stop = signals.should_stop(at_sync_point=must_log)
             must_save = done % config.checkpoint_every_steps == 0 or is_last or stop
             if must_log or must_save:
-                _raise_if_diverged(pending, done, last_saved, config)
+                _raise_if_diverged(interval, last_saved, config)
             if must_log:
-                train_metrics = _summarize_train(pending, task)
-                now = time.time()
-                train_metrics["steps_per_second"] = (done - interval_first_step) / (
-                    now - interval_start
-                )
-                writer.write_metrics(done, "train", train_metrics)
+                train_metrics = interval.summarize(run.task, done)
+                run.writer.write_metrics(done, "train", train_metrics)
                 _log_progress(done, num_steps, train_metrics)
-                pending, interval_start, interval_first_step = [], now, done
             if done % config.eval_every_steps == 0 or is_last:
-                eval_results = run_evaluation(done, p_state)
+                eval_results = run.evaluate(done, p_state)
             if must_save:
                 checkpointer.save(done, parallel.unreplicate(p_state))
                 last_saved = done
@@ -201,43 +299,46 @@ def train_and_evaluate(
                 checkpointer.close()
                 raise preemption.Preempted(
                     f"Stopped by a signal at step {done} after saving a checkpoint in "
-                    f"{workdir}; run the same command again to resume from step {done}."
+                    f"{run.workdir}; run the same command again to resume from step {done}."
                 )
     if first_step >= num_steps:  # resumed a finished run: evaluate it again
-        eval_results = run_evaluation(num_steps, p_state)
+        eval_results = run.evaluate(num_steps, p_state)
     checkpointer.wait()
     checkpointer.close()
-
     final_state = parallel.unreplicate(p_state)
-    final_params = final_state.params
-    averaged = {}
-    if config.get("average_last_checkpoints", 0) > 1:
-        averaged_state, averaged_steps = checkpoints.average_of_last(
-            checkpointer.directory, config.average_last_checkpoints, final_state
-        )
-        logging.info("Evaluating the mean parameters of steps %s.", averaged_steps)
-        eval_results.update(
-            run_evaluation(num_steps, parallel.replicate(averaged_state), suffix="_averaged")
-        )
-        averaged = {
-            "averaged_checkpoints": averaged_steps,
-            "averaged_params_sha256": workdir_lib.params_sha256(averaged_state.params),
-        }
     loop_seconds = time.time() - loop_start if loop_start else 0.0
+    averaged = _evaluate_average(run, final_state, eval_results)
     summary = {
         **eval_results,
-        "train": train_metrics,
-        "params_sha256": workdir_lib.params_sha256(final_params),
         **averaged,
+        "train": train_metrics,
+        "params_sha256": workdir_lib.params_sha256(final_state.params),
         "final_step": num_steps,
-        **({"evaluation_details": run_evaluation.details} if run_evaluation.details else {}),
-        "wall_time_s": time.time() - start_time,
+        **({"evaluation_details": run.evaluate.details} if run.evaluate.details else {}),
+        "wall_time_s": time.time() - run.start_time,
         "steps_per_second": (num_steps - loop_first_step) / loop_seconds
         if loop_start and loop_seconds > 0
         else None,
     }
-    writer.write_summary(summary)
-    writer.plot_learning_curves()
-    writer.close()
+    run.writer.write_summary(summary)
+    run.writer.plot_learning_curves()
     _print_table(eval_results)
     return summary
+
+
+def _evaluate_average(run: Run, final_state: steps.TrainState, eval_results: dict) -> dict:
+    """With `average_last_checkpoints` > 1: evaluates the mean of the last checkpoints too."""
+    count = run.config.get("average_last_checkpoints", 0)
+    if count <= 1:
+        return {}
+    state, averaged_steps = checkpoints.average_of_last(
+        run.checkpointer.directory, count, final_state
+    )
+    logging.info("Evaluating the mean parameters of steps %s.", averaged_steps)
+    eval_results.update(
+        run.evaluate(run.config.num_train_steps, parallel.replicate(state), suffix="_averaged")
+    )
+    return {
+        "averaged_checkpoints": averaged_steps,
+        "averaged_params_sha256": workdir_lib.params_sha256(state.params),
+    }

@@ -3,11 +3,16 @@
 Only process 0 writes these files; the other processes get a writer that does nothing.
 """
 
+import datetime
+import fcntl
 import hashlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -26,6 +31,8 @@ CURVES_FILE = "learning_curves.png"
 CHECKPOINT_DIR = "checkpoints"
 ARTIFACTS_DIR = "artifacts"  # what data preparation learned, e.g. tokenizers
 EXAMPLES_FILE = "examples.jsonl"
+RUN_FILES = (CONFIG_FILE, RUN_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, EXAMPLES_FILE)
+RUN_FOLDERS = (CHECKPOINT_DIR, ARTIFACTS_DIR, "corrupt_checkpoints")
 
 
 class WorkdirError(ValueError):
@@ -83,6 +90,62 @@ def run_record(data_fingerprint: str) -> dict[str, Any]:
     }
 
 
+def check_usable(workdir: str) -> None:
+    """Refuses a workdir path that is a file or that cannot be written, before any work."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir={workdir} is a file; pass a folder path.")
+    existing = workdir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkdirError(
+            f"--workdir={workdir} cannot be written ({existing} is read-only or not a folder); "
+            "choose a workdir in a writable place."
+        )
+
+
+class Lock:
+    """Holds a lock on a workdir so that a second launch into it fails at once.
+
+    The lock is an advisory `flock` on a file named after the workdir's real path in the
+    machine's temporary folder (so the workdir itself is not touched), one per process
+    index; the kernel drops it when the process dies, even by `kill -9`, so a stale lock
+    file is simply taken over. The file names its holder.
+    """
+
+    def __init__(self, workdir: str):
+        key = hashlib.sha256(os.path.realpath(workdir).encode()).hexdigest()[:32]
+        folder = os.path.join(tempfile.gettempdir(), "research-workdir-locks")
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, f"{key}.{parallel.process_index()}")
+        self._file = open(self.path, "a+")  # noqa: SIM115 (held open for the run's life)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise WorkdirError(
+                f"Workdir {workdir} is in use by {holder}; wait for that run to end, stop it, "
+                "or choose another --workdir."
+            ) from None
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on host {socket.gethostname()} since {started}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+def holds_run(workdir: str) -> bool:
+    """Whether `workdir` holds records or checkpoints of a run."""
+    return any(os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES + RUN_FOLDERS)
+
+
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir that holds a run of a different config (that run is left untouched)."""
     path = os.path.join(workdir, CONFIG_FILE)
@@ -115,6 +178,7 @@ class Writer:
         self.workdir = workdir
         self.active = parallel.process_index() == 0
         self._tensorboard = None
+        self._recorded: set[tuple[int, str]] = set()
         self._start_time = time.time() if start_time is None else start_time
         if self.active:
             os.makedirs(workdir, exist_ok=True)
@@ -144,26 +208,39 @@ class Writer:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json(SUMMARY_FILE, summary)
 
-    def truncate_records_after(self, step: int) -> None:
-        """Drops records past `step`, written by a run that died before its next checkpoint."""
+    def keep_records_until(self, step: int) -> None:
+        """Drops records past `step` (written by a run that died before its next checkpoint)
+        and a half-written last line, so each (step, split) is recorded once."""
+        if not self.active:
+            return
         for name in (METRICS_FILE, EXAMPLES_FILE):
             path = self._path(name)
-            if not self.active or not os.path.exists(path):
+            if not os.path.exists(path):
                 continue
-            with open(path) as file:
-                records = [json.loads(line) for line in file if line.strip()]
-            with open(path, "w") as file:
-                for record in records:
-                    if record["step"] <= step:
-                        file.write(json.dumps(record) + "\n")
+            kept = [r for r in _read_records(path) if r["step"] <= step]
+            if name == METRICS_FILE:
+                kept = list({(r["step"], r["split"]): r for r in kept}.values())
+                self._recorded = {(r["step"], r["split"]) for r in kept}
+            self._rewrite(path, kept)
+
+    def _rewrite(self, path: str, records: list[dict]) -> None:
+        with open(path + ".tmp", "w") as file:
+            file.writelines(json.dumps(record) + "\n" for record in records)
+        os.replace(path + ".tmp", path)
 
     def write_metrics(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Appends the record of (step, split), replacing an earlier one of the same key."""
         if not self.active:
             return
         record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
         record[ELAPSED] = round(time.time() - self._start_time, 3)
-        with open(self._path(METRICS_FILE), "a") as file:
+        path = self._path(METRICS_FILE)
+        if (step, split) in self._recorded:  # a finished run evaluated again
+            others = [r for r in _read_records(path) if (r["step"], r["split"]) != (step, split)]
+            self._rewrite(path, others)
+        with open(path, "a") as file:
             file.write(json.dumps(record) + "\n")
+        self._recorded.add((step, split))
         self._write_tensorboard(step, split, metrics)
 
     def write_examples(self, step: int, split: str, examples: list[dict]) -> None:
@@ -220,26 +297,42 @@ class Writer:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, in order."""
-    path = os.path.join(workdir, METRICS_FILE)
+    """The records of metrics.jsonl, in order; a half-written last line is left out."""
+    return _read_records(os.path.join(workdir, METRICS_FILE))
+
+
+def _read_records(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+    with open(path, "rb") as file:
+        lines = file.read().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if number < len(lines) - 1:  # not the last line: the file is damaged, not cut off
+                raise WorkdirError(
+                    f"{path} line {number} is not a JSON record; repair or delete that line."
+                ) from None
+            logging.warning("Dropped the half-written last line of %s.", path)
+    return records
 
 
-def remove_run(workdir: str) -> None:
-    """Deletes a run's records and checkpoints from `workdir` (asked for with --overwrite)."""
-    import shutil
-
+def remove_run(workdir: str) -> list[str]:
+    """Deletes a run's records and checkpoints from `workdir`; returns what was removed."""
     if parallel.process_index() != 0 or not os.path.isdir(workdir):
-        return
-    for name in (CONFIG_FILE, RUN_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, EXAMPLES_FILE):
+        return []
+    removed = []
+    for name in sorted(os.listdir(workdir)):
         path = os.path.join(workdir, name)
-        if os.path.exists(path):
+        if name in RUN_FILES or name.startswith("events.out.tfevents"):
             os.remove(path)
-    for folder in (CHECKPOINT_DIR, ARTIFACTS_DIR):
-        shutil.rmtree(os.path.join(workdir, folder), ignore_errors=True)
-    for name in os.listdir(workdir):
-        if name.startswith("events.out.tfevents"):
-            os.remove(os.path.join(workdir, name))
+        elif name in RUN_FOLDERS:
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(name)
+    return removed

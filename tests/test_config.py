@@ -25,6 +25,14 @@ GOOD.task = "regression"
         ("warmup_steps", 5000, ["config.warmup_steps", "between"]),
         ("weight_decay", -1.0, ["config.weight_decay", "0"]),
         ("seed", 1.5, ["config.seed", "integer"]),
+        ("seed", -1, ["config.seed", "0 or more"]),
+        ("learning_rate", float("nan"), ["config.learning_rate", "finite"]),
+        ("learning_rate", float("inf"), ["config.learning_rate", "finite"]),
+        ("grad_clip_norm", float("-inf"), ["config.grad_clip_norm", "finite"]),
+        ("momentum", 1.5, ["config.momentum", "between 0.0 and 1.0"]),
+        ("decay_factor", -0.1, ["config.decay_factor", "between"]),
+        ("warmup_steps", -3, ["config.warmup_steps", "0 or more"]),
+        ("average_last_checkpoints", 5, ["config.keep_checkpoints", "5 or more"]),
     ],
 )
 def test_invalid_value_is_refused_with_its_key(key, value, words):
@@ -87,3 +95,9 @@ def test_launch_refuses_bad_flags_before_writing_anything(tmp_path, arguments, e
     assert not workdir.exists() or not any(
         (workdir / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints")
     )
+
+
+def test_nested_numbers_are_checked_too():
+    config = ml_collections.ConfigDict({**GOOD.to_dict(), "model": {"dropout_rate": 1.5}})
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.dropout_rate is 1\.5"):
+        config_lib.validate(config, device_count=1)

@@ -27,10 +27,10 @@ from research import data
 from tests.conftest import load_config, run_experiment
 kill_at_step = int(sys.argv[5])
 original_train_batch = data.train_batch
-def train_batch(train, global_batch_size, seed, step):
+def train_batch(train, global_batch_size, seed, step, *rest):
     if step == kill_at_step:
         os._exit(137)
-    return original_train_batch(train, global_batch_size, seed, step)
+    return original_train_batch(train, global_batch_size, seed, step, *rest)
 data.train_batch = train_batch
 config = load_config(sys.argv[1], **json.loads(sys.argv[2]))
 config.data_dir = sys.argv[3]
