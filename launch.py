@@ -141,6 +141,7 @@ def main(argv: list[str]) -> None:
         )
     try:
         if FLAGS.reproduce:
+            reproduce.check_finished(FLAGS.reproduce)
             config = reproduce.load_config(FLAGS.reproduce)
             workdir = FLAGS.workdir or f"{FLAGS.reproduce.rstrip('/')}-reproduced"
         else:

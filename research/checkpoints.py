@@ -65,7 +65,8 @@ def _metadata_shapes(tree, prefix: str = "") -> Shapes:
 
 def _first_mismatch(saved: Shapes, expected: Shapes) -> str | None:
     """A sentence fragment naming the first path whose shape differs, or None if none does."""
-    for path in sorted(set(saved) | set(expected)):
+    # Parameters first: they name the layer that changed.
+    for path in sorted(set(saved) | set(expected), key=lambda p: (not p.startswith("params"), p)):
         if saved.get(path) != expected.get(path):
             there, here = saved.get(path, "absent"), expected.get(path, "absent")
             return f"{path} is {there} in the checkpoint but {here} in this model"
@@ -178,7 +179,10 @@ class Checkpointer:
         self._manager = self._open()
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for checkpoint writes in flight, then closes (again: does nothing)."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
 
 
 def saved_steps(directory: str) -> list[int]:

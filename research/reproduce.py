@@ -20,6 +20,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(file))
 
 
+def check_finished(workdir: str) -> None:
+    """Refuses, before any training, to reproduce a run that has no summary yet."""
+    _summary(workdir)
+
+
 def _summary(workdir: str) -> dict:
     path = os.path.join(workdir, workdir_lib.SUMMARY_FILE)
     if not os.path.exists(path):

@@ -58,6 +58,8 @@ class Run:
         )
 
     def close(self) -> None:
+        """Finishes checkpoint writes in flight (also after an error) and frees the workdir."""
+        self.checkpointer.close()
         self.writer.close()
         self.lock.release()
 
@@ -296,7 +298,6 @@ def _train(run: Run) -> dict[str, Any]:
                 last_saved = done
             if stop and not is_last:
                 checkpointer.wait()
-                checkpointer.close()
                 raise preemption.Preempted(
                     f"Stopped by a signal at step {done} after saving a checkpoint in "
                     f"{run.workdir}; run the same command again to resume from step {done}."
@@ -304,7 +305,6 @@ def _train(run: Run) -> dict[str, Any]:
     if first_step >= num_steps:  # resumed a finished run: evaluate it again
         eval_results = run.evaluate(num_steps, p_state)
     checkpointer.wait()
-    checkpointer.close()
     final_state = parallel.unreplicate(p_state)
     loop_seconds = time.time() - loop_start if loop_start else 0.0
     averaged = _evaluate_average(run, final_state, eval_results)

@@ -97,11 +97,16 @@ def check_usable(workdir: str) -> None:
     existing = workdir
     while not os.path.exists(existing):
         existing = os.path.dirname(os.path.abspath(existing))
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(existing)
+        with tempfile.TemporaryFile(dir=existing):  # unnamed: leaves the folder as it was
+            pass
+    except OSError:
         raise WorkdirError(
             f"--workdir={workdir} cannot be written ({existing} is read-only or not a folder); "
             "choose a workdir in a writable place."
-        )
+        ) from None
 
 
 class Lock:
@@ -234,6 +239,17 @@ class Writer:
             return
         record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
         record[ELAPSED] = round(time.time() - self._start_time, 3)
+        try:
+            self._append_metrics(step, split, record)
+        except OSError as error:
+            raise WorkdirError(
+                f"Could not write {self._path(METRICS_FILE)} ({error}); the records before "
+                "it are intact: free disk space, then launch the same command again to resume "
+                "from the last checkpoint."
+            ) from error
+        self._write_tensorboard(step, split, metrics)
+
+    def _append_metrics(self, step: int, split: str, record: dict) -> None:
         path = self._path(METRICS_FILE)
         if (step, split) in self._recorded:  # a finished run evaluated again
             others = [r for r in _read_records(path) if (r["step"], r["split"]) != (step, split)]
@@ -241,7 +257,6 @@ class Writer:
         with open(path, "a") as file:
             file.write(json.dumps(record) + "\n")
         self._recorded.add((step, split))
-        self._write_tensorboard(step, split, metrics)
 
     def write_examples(self, step: int, split: str, examples: list[dict]) -> None:
         """A few predictions shown beside their inputs and references (console and file)."""
