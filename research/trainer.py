@@ -65,6 +65,11 @@ class Run:
 
 
 def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
+    data_dir = os.path.expanduser(config.data_dir)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ConfigError(
+            f"config.data_dir={config.data_dir} is a file; set --config.data_dir to a folder."
+        )
     if tuple(config.get("bucket_boundaries", ())) and not task.sequence_keys:
         raise ConfigError(
             f"config.bucket_boundaries is set but task '{config.task}' has no sequences to "

@@ -201,3 +201,51 @@ def test_unusable_workdir_is_one_sentence_before_any_work(tmp_path):
         assert result.returncode == 2
         assert words in result.stderr.strip().splitlines()[-1]
     assert a_file.read_text() == "not a folder"
+
+
+FOLDER_CONFIG = os.path.join(
+    REPO_ROOT, "experiments/seq2seq/configs/translate_folder_transformer.py"
+)
+
+
+def _small_folder(tmp_path, with_2017=True):
+    from tests import helpers
+
+    folder = helpers.write_parallel_folder(tmp_path / "corpus")
+    if not with_2017:
+        for path in folder.glob("test_2017_flickr.*"):
+            path.unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("data_dir_is_a_file", "config.data_dir="),
+        ("missing_eval_split", "config.eval_splits asks for test_2017_flickr"),
+        ("shared_embeddings_with_word_vocabularies", "config.model.share_embeddings"),
+        ("vocabulary_too_large", "--config.tokenizer.vocab_size=5000 is more than"),
+        ("negative_seed", "config.seed is -1"),
+        ("infinite_learning_rate", "config.learning_rate is inf"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_leaves_no_workdir(case, words, tmp_path):
+    workdir = tmp_path / "run"
+    config, flags = FOLDER_CONFIG, [f"--config.tokenizer.cache_dir={tmp_path / 'cache'}"]
+    if case == "data_dir_is_a_file":
+        (tmp_path / "a_file").write_text("")
+        flags.append(f"--config.data_dir={tmp_path / 'a_file'}")
+    else:
+        folder = _small_folder(tmp_path, with_2017=case != "missing_eval_split")
+        flags.append(f"--config.data_dir={folder}")
+    flags += {
+        "shared_embeddings_with_word_vocabularies": ["--config.tokenizer.type=word"],
+        "vocabulary_too_large": ["--config.tokenizer.vocab_size=5000"],
+        "negative_seed": ["--config.seed=-1"],
+        "infinite_learning_rate": ["--config.learning_rate=inf"],
+    }.get(case, ["--config.tokenizer.vocab_size=40"])
+    result = _launch(f"--config={config}", f"--workdir={workdir}", *flags, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and words in message, message
+    assert not workdir.exists()

@@ -2,6 +2,7 @@
 
 import gzip
 import pathlib
+import re
 import time
 from unittest import mock
 
@@ -145,9 +146,12 @@ def test_saved_sentencepiece_tokenizer_loads_identically(tmp_path, sentencepiece
     ]
 
 
-def test_sentencepiece_vocabulary_too_large_for_the_text_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="lower the vocabulary size"):
-        tokenizers.train_or_load_sentencepiece(["a b c", "b c a"], 5000, "unigram", tmp_path)
+def test_sentencepiece_vocabulary_too_large_names_the_key_and_the_largest_that_works(tmp_path):
+    texts = ["ein hund läuft im park", "eine katze schläft", "zwei kinder spielen"] * 3
+    with pytest.raises(ValueError, match=r"--config\.tokenizer\.vocab_size=5000") as error:
+        tokenizers.train_or_load_sentencepiece(texts, 5000, "unigram", tmp_path)
+    largest = int(re.search(r"set it to (\d+) or less", str(error.value)).group(1))
+    assert tokenizers.train_sentencepiece(texts, largest, "unigram").vocab_size == largest
 
 
 def test_loading_a_tokenizer_from_an_empty_directory_names_the_files(tmp_path):
@@ -299,3 +303,19 @@ def test_chinese_targets_are_scored_with_sacrebleus_zh_tokenizer():
 def test_unknown_bleu_tokenizer_names_the_config_key():
     with pytest.raises(ValueError, match="bleu_tokenizer"):
         metrics.corpus_bleu(["a"], ["a"], tokenize="klingon")
+
+
+def test_non_utf8_text_names_the_file_and_line(tmp_path):
+    (tmp_path / "train.de").write_bytes(b"ein hund\nzwei katzen\n" + b"caf\xe9 au lait\n")
+    write_lines(tmp_path / "train.en", ["a dog", "two cats", "coffee"])
+    with pytest.raises(ValueError, match=r"train\.de line 3 is not UTF-8 text"):
+        corpora.read_parallel_folder(tmp_path, "de", "en")
+
+
+def test_empty_split_file_is_refused(tmp_path):
+    write_lines(tmp_path / "train.de", ["ein hund"])
+    write_lines(tmp_path / "train.en", ["a dog"])
+    (tmp_path / "val.de").write_text("")
+    (tmp_path / "val.en").write_text("")
+    with pytest.raises(ValueError, match=r"val\.de is empty"):
+        corpora.read_parallel_folder(tmp_path, "de", "en")

@@ -103,6 +103,7 @@ def test_translate_folder_transformer_runs_on_a_small_folder(tmp_path):
         os.path.join(CONFIGS, "translate_folder_transformer.py"), **SHORT_RUN, **TINY_TRANSFORMER
     )
     config.data_dir = str(folder)
+    config.eval_splits = ("valid", "test_2016_flickr")
     config.tokenizer.vocab_size = 40
     config.tokenizer.cache_dir = str(tmp_path / "cache")
     config.decode.beam_size = 2

@@ -20,7 +20,15 @@ def _read_lines(path: pathlib.Path) -> list[str]:
     """Lines of a UTF-8 text file, gzipped if its name ends in .gz, without line endings."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as file:
-        text = file.read().decode("utf-8")
+        raw = file.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} line {line} is not UTF-8 text; convert the file to UTF-8 (for example "
+            f"with iconv) or remove that line from both sides."
+        ) from None
     # Split on "\n" alone: text mode would also split on a stray "\r" or "\x85" inside a sentence
     # and so shift one side against the other.
     lines = text.split("\n")
@@ -75,6 +83,11 @@ def read_parallel_folder(
             continue
         sources = _read_lines(source_files[stem])
         targets = _read_lines(target_files[stem])
+        if not sources:
+            raise ValueError(
+                f"{source_files[stem]} is empty; put one sentence a line in it, or remove the "
+                f"{stem} files of both languages."
+            )
         if len(sources) != len(targets):
             raise ValueError(
                 f"{source_files[stem]} has {len(sources)} lines but {target_files[stem]} has "

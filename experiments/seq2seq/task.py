@@ -68,13 +68,16 @@ def _tokenizers(config, pairs, artifacts_dir):
         target = tokenizers.WordTokenizer.from_texts(t for _, t in pairs)
     elif settings.type == "sentencepiece":
         texts = tokenizers.training_texts(pairs, side="both")[: settings.max_training_sentences]
-        source = target = tokenizers.train_or_load_sentencepiece(
-            texts,
-            settings.vocab_size,
-            settings.model_type,
-            os.path.expanduser(settings.cache_dir),
-            character_coverage=settings.character_coverage,
-        )
+        try:
+            source = target = tokenizers.train_or_load_sentencepiece(
+                texts,
+                settings.vocab_size,
+                settings.model_type,
+                os.path.expanduser(settings.cache_dir),
+                character_coverage=settings.character_coverage,
+            )
+        except ValueError as error:  # the message names the setting to change
+            raise ConfigError(str(error)) from None
     else:
         raise ConfigError(
             f"config.tokenizer.type '{settings.type}' is unknown; choose word or sentencepiece."
@@ -102,7 +105,14 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
     source_tokenizer, target_tokenizer = _tokenizers(config, pairs["train"], artifacts_dir)
     eval_names = [name for name in pairs if name != "train"]
     if config.get("eval_splits"):
-        eval_names = [name for name in eval_names if name in config.eval_splits]
+        missing = [name for name in config.eval_splits if name not in eval_names]
+        if missing:
+            raise data.DatasetMissingError(
+                f"config.eval_splits asks for {', '.join(missing)} but the data has only "
+                f"{', '.join(eval_names) or 'a train split'} (a folder's val files are 'valid'); "
+                "add the files or set --config.eval_splits to the splits there."
+            )
+        eval_names = list(config.eval_splits)
 
     def arrays(split_pairs):
         sources, references = zip(*split_pairs, strict=True)
@@ -125,6 +135,13 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
 
 def create_model(config: ml_collections.ConfigDict, info: dict):
     """`config.model.name` picks the model; the other `config.model` keys are its fields."""
+    sizes = (info["input_vocab_size"], info["target_vocab_size"])
+    if config.model.get("share_embeddings") and sizes[0] != sizes[1]:
+        raise ConfigError(
+            "config.model.share_embeddings needs one vocabulary for both languages but the "
+            f"tokenizers have {sizes[0]} and {sizes[1]} ids; set "
+            "--config.model.share_embeddings=False or --config.tokenizer.type=sentencepiece."
+        )
     return model_from_config(
         "experiments.seq2seq.models",
         MODELS,

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
@@ -209,10 +210,17 @@ def train_sentencepiece(
             **_TRAINER_OPTIONS,
         )
     except RuntimeError as error:
+        largest = re.search(r"value <= (\d+)", str(error))
+        if largest:
+            raise ValueError(
+                f"--config.tokenizer.vocab_size={vocab_size} is more than SentencePiece can "
+                f"learn from these {len(texts)} texts; set it to {largest.group(1)} or less."
+            ) from None
         raise ValueError(
-            f"SentencePiece cannot learn {vocab_size} pieces from {len(texts)} texts ({error}); "
-            "lower the vocabulary size or train on more text."
-        ) from error
+            f"SentencePiece cannot learn {vocab_size} pieces from {len(texts)} texts "
+            f"({str(error).strip().splitlines()[0]}); change --config.tokenizer.vocab_size or "
+            "train on more text."
+        ) from None
     return SentencePieceTokenizer(model.getvalue())
 
 
