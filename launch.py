@@ -14,7 +14,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = "experiments/image_classification/configs/mnist1d_cnn.py"
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
 
 flags.DEFINE_string("workdir", None, "Where the run writes its records and checkpoints.")
 flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir.")
@@ -80,6 +82,9 @@ def _explain_config_error(error: Exception) -> str:
             f"({message.split(': ', 1)[-1]}); give {override.group(1)} a value of the type "
             "the config file uses."
         )
+    argument_error = _config_argument_error(message)
+    if argument_error:
+        return argument_error
     if isinstance(error, OSError) and "config file" in message:
         paths = [arg.split("=", 1)[-1] for arg in sys.argv[1:] if arg.startswith("--config=")]
         return (
@@ -87,6 +92,46 @@ def _explain_config_error(error: Exception) -> str:
             "--config=experiments/<task>/configs/<name>.py with get_config() defined in it."
         )
     return f"{message.splitlines()[0]}; see `python launch.py --helpshort`."
+
+
+def _config_argument_error(message: str) -> str | None:
+    """One sentence when a config file was given an argument its get_config does not take."""
+    paths = [arg.split("=", 1)[-1] for arg in sys.argv[1:] if arg.startswith("--config=")]
+    if not paths or ":" not in paths[-1] or "parsing config file" not in message:
+        return None
+    path, argument = paths[-1].split(":", 1)
+    return (
+        f"config file {path} does not take the argument '{argument}'; see its docstring for "
+        f"the arguments it takes, or drop ':{argument}'."
+    )
+
+
+def _resolve_config_paths(argv: list[str]) -> list[str]:
+    """--config paths not found from the working directory are looked up in the repository."""
+    resolved = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            path, colon, argument = arg.removeprefix("--config=").partition(":")
+            in_repository = os.path.join(REPO_ROOT, path)
+            if not os.path.exists(path) and os.path.exists(in_repository):
+                arg = f"--config={in_repository}{colon}{argument}"
+        resolved.append(arg)
+    return resolved
+
+
+def list_configs() -> str:
+    """Every experiment config with the first line of its docstring."""
+    lines = []
+    for task in sorted(os.listdir(os.path.join(REPO_ROOT, "experiments"))):
+        folder = os.path.join(REPO_ROOT, "experiments", task, "configs")
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py") and not name.startswith("_"):
+                with open(os.path.join(folder, name)) as file:
+                    docstring = file.read().split('"""')[1].strip().splitlines()[0]
+                lines.append(f"{f'experiments/{task}/configs/{name}':<62} {docstring}")
+    return "\n".join(lines)
 
 
 def _define_config_flag() -> None:
@@ -185,5 +230,13 @@ def _import_task(name: str):
 
 
 if __name__ == "__main__":
+    sys.argv = _resolve_config_paths(sys.argv)
+    if "--list" in sys.argv[1:]:
+        print(list_configs())
+        sys.exit(0)
     _define_config_flag()
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        app.usage(shorthelp="--helpfull" not in sys.argv, writeto_stdout=True)
+        print("\n--list prints every experiment config with its description.")
+        sys.exit(0)
     app.run(main, flags_parser=_parse_flags)

@@ -122,12 +122,6 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             f"config.schedule '{schedule}' is unknown; "
             f"choose one of {', '.join(optimizers.SCHEDULES)}."
         )
-    warmup_steps = config.get("warmup_steps", 0)
-    if not 0 <= warmup_steps < config.num_train_steps:
-        raise ConfigError(
-            f"config.warmup_steps is {warmup_steps}; set it between 0 and "
-            f"num_train_steps - 1 ({config.num_train_steps - 1})."
-        )
     for key in ("weight_decay", "grad_clip_norm"):
         if config.get(key, 0.0) < 0:
             raise ConfigError(f"config.{key} is {config[key]}; set it to 0 (off) or more.")

@@ -8,16 +8,25 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad")
 SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
+def effective_warmup_steps(config: ml_collections.ConfigDict) -> int:
+    """`config.warmup_steps`, or a tenth of the run when the run is not longer than them."""
+    warmup_steps = config.get("warmup_steps", 0)
+    if warmup_steps >= config.num_train_steps:
+        return config.num_train_steps // 10
+    return warmup_steps
+
+
 def create_learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """`config.schedule`: constant, warmup_cosine (linear warmup, cosine to 0) or step.
 
-    Every schedule starts with `config.warmup_steps` of linear warmup from 0. The step
+    Every schedule starts with `config.warmup_steps` of linear warmup from 0 (a tenth of the
+    run when the run is too short for them, so a short trial keeps the config's shape). The step
     schedule multiplies the rate by `config.decay_factor` at each of `config.decay_boundaries`
     (fractions of `num_train_steps`).
     """
     schedule = config.get("schedule", "constant")
     peak = config.learning_rate
-    warmup_steps = config.get("warmup_steps", 0)
+    warmup_steps = effective_warmup_steps(config)
     if schedule == "warmup_cosine" and warmup_steps == 0:
         return optax.cosine_decay_schedule(peak, decay_steps=config.num_train_steps)
     if schedule == "warmup_cosine":

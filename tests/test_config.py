@@ -22,7 +22,6 @@ GOOD.task = "regression"
         ("eval_every_steps", -5, ["config.eval_every_steps", "positive"]),
         ("optimizer", "rmsprop", ["config.optimizer", "adamw"]),
         ("schedule", "linear", ["config.schedule", "warmup_cosine"]),
-        ("warmup_steps", 5000, ["config.warmup_steps", "between"]),
         ("weight_decay", -1.0, ["config.weight_decay", "0"]),
         ("seed", 1.5, ["config.seed", "integer"]),
         ("seed", -1, ["config.seed", "0 or more"]),

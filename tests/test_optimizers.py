@@ -3,6 +3,7 @@
 import math
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -74,3 +75,15 @@ def test_every_optimizer_reduces_a_quadratic(name):
         updates, state = optimizer.update(grads, state, params)
         params = {"w": params["w"] + updates["w"]}
     assert float(jnp.sum(params["w"] ** 2)) < 13.0 * math.exp(-1)
+
+
+def test_warmup_longer_than_the_run_becomes_a_tenth_of_it():
+    config = ml_collections.ConfigDict(
+        {"learning_rate": 1.0, "schedule": "warmup_cosine", "warmup_steps": 500,
+         "num_train_steps": 20}
+    )  # fmt: skip
+    schedule = optimizers.create_learning_rate_schedule(config)
+    assert optimizers.effective_warmup_steps(config) == 2
+    assert float(schedule(0)) == 0.0 and float(schedule(2)) == pytest.approx(1.0)
+    config.num_train_steps = 1000
+    assert optimizers.effective_warmup_steps(config) == 500
