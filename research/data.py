@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from research import parallel
 
@@ -208,6 +209,17 @@ def eval_batches(
         batch = _take(arrays, indices[rows], buckets, length)
         batch[MASK_KEY] = mask[rows]
         yield batch
+
+
+class GeneratedLocally:
+    """Mixin for tfds builders that generate their data on this machine: one log line in
+    place of tfds's "Downloading and preparing dataset Unknown size" notices."""
+
+    def _log_download_bytes(self) -> None:
+        logging.info("Generating %s into %s (first use only).", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        pass
 
 
 def load_tfds_arrays(

@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 from mnist1d.data import get_dataset_args, make_dataset
 from tensorflow_datasets.image_classification.mnist import FashionMNIST
 
+from research import data
+
 MNIST1D_LENGTH = 40
 MNIST1D_NUM_CLASSES = 10
 
@@ -44,7 +46,7 @@ def generate_mnist1d() -> dict[str, np.ndarray]:
     return {key: dataset[key] for key in ("x", "y", "x_test", "y_test")}
 
 
-class Mnist1d(tfds.core.GeneratorBasedBuilder):
+class Mnist1d(data.GeneratedLocally, tfds.core.GeneratorBasedBuilder):
     """MNIST-1D (Greydanus 2020) generated locally with mnist1d's default arguments."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -8,6 +8,8 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_diabetes
 from sklearn.model_selection import train_test_split
 
+from research import data
+
 LINEAR_NUM_FEATURES = 8
 LINEAR_NOISE_STD = 0.1
 LINEAR_SEED = 0
@@ -79,7 +81,9 @@ def _generate_regression_examples(features: np.ndarray, target: np.ndarray):
         yield index, {"features": row.astype(np.float32), "target": np.float32(value)}
 
 
-class _OfflineRegressionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _OfflineRegressionBuilder(
+    data.GeneratedLocally, tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
     """Shared plumbing: subclasses define DESCRIPTION, NUM_FEATURES and _split_arrays."""
 
     VERSION = tfds.core.Version("1.0.0")
