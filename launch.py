@@ -5,7 +5,6 @@ With no flags it runs the default experiment (a CNN on MNIST-1D) into a new work
 """
 
 import datetime
-import importlib
 import logging as python_logging
 import os
 import re
@@ -189,9 +188,9 @@ def main(argv: list[str]) -> None:
     if FLAGS.compilation_cache_dir:
         _enable_compilation_cache(os.path.expanduser(FLAGS.compilation_cache_dir))
     # Import after flag parsing so XLA sees the environment the user set.
-    from research import checkpoints, data, parallel, preemption, reproduce, trainer
-    from research import config as config_lib
-    from research import workdir as workdir_lib
+    import experiments
+    from research import parallel, preemption, reproduce, trainer
+    from research.errors import UserError
 
     if FLAGS.coordinator_address or FLAGS.distributed:
         parallel.initialize_distributed(
@@ -208,8 +207,7 @@ def main(argv: list[str]) -> None:
         else:
             config = FLAGS.config
             workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
-        config_lib.validate(config, parallel.global_device_count())
-        task = _import_task(config.task).get_task(config)
+        task = experiments.get_task(config)
         logging.info("Workdir: %s", os.path.abspath(workdir))
         trainer.train_and_evaluate(
             config, workdir, task, init_from=FLAGS.init_from, overwrite=FLAGS.overwrite
@@ -221,28 +219,8 @@ def main(argv: list[str]) -> None:
     except preemption.Preempted as stop:
         print(stop, file=sys.stderr)
         sys.exit(0)
-    except (
-        config_lib.ConfigError,
-        data.DatasetMissingError,
-        data.MalformedDataError,
-        workdir_lib.WorkdirError,
-        checkpoints.CheckpointError,
-        trainer.TrainingDivergedError,
-    ) as error:
+    except UserError as error:
         _fail(str(error))
-
-
-def _import_task(name: str):
-    """The module experiments/<name>/task.py."""
-    try:
-        return importlib.import_module(f"experiments.{name}.task")
-    except ModuleNotFoundError as error:
-        if error.name and f"experiments.{name}".startswith(error.name):
-            _fail(
-                f"config.task '{name}' has no module experiments/{name}/task.py; "
-                "set config.task to regression, image_classification or seq2seq."
-            )
-        raise
 
 
 if __name__ == "__main__":

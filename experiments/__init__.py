@@ -1,0 +1,23 @@
+"""The experiments, one package per task; `get_task(config)` is the one way to get a task.
+
+Task modules are imported on first use, so a run pays only for its own task's libraries.
+"""
+
+import importlib
+
+import ml_collections
+
+from research.config import ConfigError
+from research.task import Task
+
+TASKS = ("regression", "image_classification", "seq2seq")
+
+
+def get_task(config: ml_collections.ConfigDict) -> Task:
+    """The `Task` that `config.task` names, built from the config."""
+    if config.get("task") not in TASKS:
+        raise ConfigError(
+            f"config.task '{config.get('task')}' is not a task here; set --config.task to one of "
+            f"{', '.join(TASKS)}."
+        )
+    return importlib.import_module(f"experiments.{config.task}.task").get_task(config)

@@ -18,13 +18,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from research import parallel
+from research.errors import UserError
 from research.steps import TrainState
 
 CORRUPT_DIR = "corrupt_checkpoints"
 ITEM = "default"  # the folder orbax gives a single saved item inside a step's folder
 
 
-class CheckpointError(OSError):
+class CheckpointError(UserError, OSError):
     """A checkpoint could not be written or no checkpoint could be read."""
 
 

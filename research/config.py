@@ -5,6 +5,7 @@ import math
 import ml_collections
 
 from research import optimizers
+from research.errors import UserError
 
 # Every experiment config has these keys, with these types.
 REQUIRED_KEYS = {
@@ -43,7 +44,7 @@ RANGES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value a user must change; the message names the key and the fix."""
 
 

@@ -16,17 +16,18 @@ import numpy as np
 from absl import logging
 
 from research import parallel
+from research.errors import UserError
 
 Arrays = dict[str, np.ndarray]  # every array has the same leading (example) dimension
 
 MASK_KEY = "mask"
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(UserError, FileNotFoundError):
     """A dataset that must be prepared in `data_dir` is not there."""
 
 
-class MalformedDataError(ValueError):
+class MalformedDataError(UserError, ValueError):
     """Data files that exist but cannot be used as they are; the message names them."""
 
 

@@ -21,6 +21,7 @@ from absl import logging
 from research import checkpoints, data, evaluation, optimizers, parallel, preemption, steps
 from research import workdir as workdir_lib
 from research.config import ConfigError, validate
+from research.errors import UserError
 from research.task import Task
 
 # Steps dispatched ahead of the host. Unbounded, a CPU with fewer cores than simulated devices
@@ -29,7 +30,7 @@ from research.task import Task
 MAX_STEPS_IN_FLIGHT = 2
 
 
-class TrainingDivergedError(FloatingPointError):
+class TrainingDivergedError(UserError, FloatingPointError):
     """The loss or a gradient became NaN or infinite."""
 
 
@@ -227,8 +228,8 @@ def _raise_if_diverged(interval: Interval, last_saved: int | None, config) -> No
         )
 
 
-def _log_progress(done: int, num_steps: int, train_metrics: dict[str, float]) -> None:
-    speed = train_metrics["steps_per_second"]
+def _log_progress(done: int, num_steps: int, train_metrics: dict[str, float], speed) -> None:
+    """One line; the ETA uses `speed`, the rate since the first step compiled."""
     logging.info(
         "step %d/%d  loss %.5g  %.1f steps/s  ETA %s",
         done,
@@ -295,7 +296,11 @@ def _train(run: Run) -> dict[str, Any]:
             if must_log:
                 train_metrics = interval.summarize(run.task, done)
                 run.writer.write_metrics(done, "train", train_metrics)
-                _log_progress(done, num_steps, train_metrics)
+                elapsed = time.time() - loop_start
+                speed = (done - loop_first_step) / elapsed if done > loop_first_step else 0.0
+                _log_progress(
+                    done, num_steps, train_metrics, speed or train_metrics["steps_per_second"]
+                )
             if done % config.eval_every_steps == 0 or is_last:
                 eval_results = run.evaluate(done, p_state)
             if must_save:

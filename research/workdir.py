@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from research import parallel
+from research.errors import UserError
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
@@ -35,7 +36,7 @@ RUN_FILES = (CONFIG_FILE, RUN_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, EXA
 RUN_FOLDERS = (CHECKPOINT_DIR, ARTIFACTS_DIR, "corrupt_checkpoints")
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError, ValueError):
     """A workdir that cannot be used as asked; the message says what to do instead."""
 
 
@@ -279,7 +280,11 @@ class Writer:
         self._tensorboard.flush()
 
     def plot_learning_curves(self) -> None:
-        """A PNG with one panel per metric, every split on it, from metrics.jsonl."""
+        """A PNG grid, one panel per learning metric, each split in the same colour everywhere.
+
+        Timings and the learning rate are left out: they describe the machine and the
+        schedule, not what was learned.
+        """
         if not self.active:
             return
         import matplotlib
@@ -290,20 +295,30 @@ class Writer:
         curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
         for record in read_metrics(self.workdir):
             for name, value in record.items():
-                if name not in ("step", "split"):
+                if name not in ("step", "split", "learning_rate", *TIMING_METRICS):
                     points = curves.setdefault(name, {}).setdefault(record["split"], [])
                     points.append((record["step"], value))
-        names = sorted(curves)
-        figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-        for axis, name in zip(axes[0], names, strict=True):
+        if not curves:
+            return
+        names = sorted(curves, key=lambda name: (name != "loss", name))
+        splits = sorted({split for by_split in curves.values() for split in by_split})
+        colours = {split: plt.get_cmap("tab10")(i % 10) for i, split in enumerate(splits)}
+        columns = min(3, len(names))
+        rows = -(-len(names) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+        for axis in axes.flat[len(names) :]:
+            axis.set_visible(False)
+        for axis, name in zip(axes.flat, names, strict=False):
             for split, points in sorted(curves[name].items()):
                 steps, values = zip(*points, strict=True)
-                axis.plot(steps, values, label=split, marker="." if len(steps) < 30 else None)
+                marker = "o" if len(steps) < 30 else None
+                axis.plot(steps, values, label=split, color=colours[split], marker=marker)
             axis.set_title(name)
             axis.set_xlabel("step")
-            axis.legend()
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize="small")
         figure.tight_layout()
-        figure.savefig(self._path(CURVES_FILE), dpi=80)
+        figure.savefig(self._path(CURVES_FILE), dpi=100)
         plt.close(figure)
 
     def close(self) -> None:

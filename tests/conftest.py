@@ -29,10 +29,10 @@ def load_config(config_path: str, **overrides) -> ml_collections.ConfigDict:
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains in this process (one CPU device) and returns the summary."""
+    import experiments
     from research import trainer
 
-    task = importlib.import_module(f"experiments.{config.task}.task").get_task(config)
-    return trainer.train_and_evaluate(config, str(workdir), task)
+    return trainer.train_and_evaluate(config, str(workdir), experiments.get_task(config))
 
 
 GOLDEN_DIR = Path(__file__).parent / "golden"

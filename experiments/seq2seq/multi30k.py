@@ -18,6 +18,8 @@ import urllib.request
 
 from absl import app, flags
 
+from research.errors import UserError
+
 RELEASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 DEFAULT_DIR = "~/tensorflow_datasets/multi30k"
 LANGUAGES = ("de", "en")
@@ -30,7 +32,7 @@ flags.DEFINE_string("data_dir", DEFAULT_DIR, "Folder to prepare Multi30k in.")
 flags.DEFINE_string("source_url", RELEASE_URL, "Where the release's .gz files are (http or file).")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A download that cannot be completed; the message names the file and what to do."""
 
 
