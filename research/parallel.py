@@ -100,11 +100,6 @@ def shard(tree: PyTree) -> PyTree:
     return jax.tree.map(put, tree)
 
 
-def fetch(tree: PyTree) -> PyTree:
-    """Device arrays to host numpy arrays (the only place the host waits on the devices)."""
-    return jax.tree.map(np.asarray, tree)
-
-
 def pmap(function: Callable, *, donate_argnums: tuple[int, ...] = ()) -> Callable:
     """Maps `function` over the local devices; collectives use the axis `AXIS_NAME`."""
     return jax.pmap(function, axis_name=AXIS_NAME, donate_argnums=donate_argnums)

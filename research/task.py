@@ -6,7 +6,6 @@ exactly over devices, hosts and batches; `summarize` turns the totals into metri
 """
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -62,18 +61,23 @@ class Task:
 
 
 def model_from_config(
-    package: str, classes: dict[str, str], settings: ml_collections.ConfigDict, **fields
+    classes: dict[str, type[nn.Module]], settings: ml_collections.ConfigDict, **fields
 ) -> nn.Module:
-    """The model `settings.name` from `<package>.<name>`, built from the other settings keys.
+    """The model class `classes[settings.name]`, built from the other `settings` keys.
 
-    `classes` maps a module name to its model class; `fields` are what the data decides
+    `classes` is a task's plain table of its model classes; `fields` are what the data decides
     (number of classes, vocabulary sizes).
     """
-    settings = settings.to_dict()
+    # Lists come back from config.json where the config file had tuples.
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.to_dict().items()}
     name = settings.pop("name")
     if name not in classes:
         raise ConfigError(
             f"config.model.name '{name}' is unknown; choose one of {', '.join(classes)}."
         )
-    module = importlib.import_module(f"{package}.{name}")
-    return getattr(module, classes[name])(**fields, **settings)
+    try:
+        return classes[name](**fields, **settings)
+    except TypeError as error:  # a config.model key the class does not take
+        raise ConfigError(
+            f"config.model does not fit model '{name}' ({error}); remove or rename that key."
+        ) from None

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from experiments.image_classification import datasets
+from experiments.image_classification.models import cnn, mlp, resnet
 from research import data
 from research.config import ConfigError
 from research.task import Task, model_from_config
@@ -21,7 +22,7 @@ DATASETS = {
     "fashion_mnist": (None, "image", ("test",), 10),
     "cifar10": (None, "image", ("test",), 10),
 }
-MODELS = {"mlp": "MLP", "cnn": "CNN", "resnet": "ResNet"}
+MODELS = {"mlp": mlp.MLP, "cnn": cnn.CNN, "resnet": resnet.ResNet}
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
@@ -62,7 +63,6 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
 def create_model(config: ml_collections.ConfigDict, info: dict):
     """`config.model.name` picks the model; the other `config.model` keys are its fields."""
     return model_from_config(
-        "experiments.image_classification.models",
         MODELS,
         config.model,
         num_classes=info["num_classes"],

@@ -11,7 +11,7 @@ import numpy as np
 from experiments.regression import datasets, models
 from research import data
 from research.config import ConfigError
-from research.task import Task
+from research.task import Task, model_from_config
 
 BUILDERS = {
     "linear_synthetic": datasets.LinearSynthetic,
@@ -51,9 +51,14 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
     )
 
 
+MODELS = {"mlp": models.MLP}
+
+
 def create_model(config: ml_collections.ConfigDict, info: dict) -> models.MLP:
-    return models.MLP(
-        hidden_sizes=tuple(config.model.hidden_sizes),
+    """`config.model.name` picks the model; the other `config.model` keys are its fields."""
+    return model_from_config(
+        MODELS,
+        config.model,
         target_mean=info["target_mean"],
         target_std=info["target_std"],
     )

@@ -11,9 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-PAD_ID = 0
-BOS_ID = 1
-EOS_ID = 2
+from experiments.seq2seq.tokens import BOS_ID, EOS_ID, PAD_ID
 
 State = Any  # a pytree whose leaves have leading dimension batch (times beam in beam search)
 StepFn = Callable[[State, jax.Array], tuple[jax.Array, State]]

@@ -14,12 +14,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers
+from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers, tokens
+from experiments.seq2seq.models import lstm, transformer
 from research import data
 from research.config import ConfigError
 from research.task import Task, model_from_config
 
-MODELS = {"transformer": "Transformer", "lstm": "LSTMSeq2Seq"}
+MODELS = {"transformer": transformer.Transformer, "lstm": lstm.LSTMSeq2Seq}
 NUM_EXAMPLES_SHOWN = 5
 
 
@@ -89,10 +90,10 @@ def _tokenizers(config, pairs, artifacts_dir):
 
 def _encode(texts, tokenizer, max_length: int) -> np.ndarray:
     """Token ids with EOS, truncated to `max_length` and padded: `[len(texts), max_length]`."""
-    ids = np.full((len(texts), max_length), decoding.PAD_ID, np.int32)
+    ids = np.full((len(texts), max_length), tokens.PAD_ID, np.int32)
     for row, text in enumerate(texts):
-        tokens = tokenizer.encode(text)[: max_length - 1] + [decoding.EOS_ID]
-        ids[row, : len(tokens)] = tokens
+        row_ids = tokenizer.encode(text)[: max_length - 1] + [tokens.EOS_ID]
+        ids[row, : len(row_ids)] = row_ids
     return ids
 
 
@@ -143,7 +144,6 @@ def create_model(config: ml_collections.ConfigDict, info: dict):
             "--config.model.share_embeddings=False or --config.tokenizer.type=sentencepiece."
         )
     return model_from_config(
-        "experiments.seq2seq.models",
         MODELS,
         config.model,
         input_vocab_size=info["input_vocab_size"],
@@ -158,7 +158,7 @@ def model_inputs(batch):
 def loss(logits, batch, *, label_smoothing: float):
     """Summed token loss and number of target tokens per example."""
     targets = batch["targets"]
-    weights = (targets != decoding.PAD_ID).astype(jnp.float32)
+    weights = (targets != tokens.PAD_ID).astype(jnp.float32)
     labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, labels) * weights
     return losses.sum(axis=1), weights.sum(axis=1)
@@ -166,7 +166,7 @@ def loss(logits, batch, *, label_smoothing: float):
 
 def metric_sums(logits, batch):
     targets = batch["targets"]
-    weights = (targets != decoding.PAD_ID).astype(jnp.float32)
+    weights = (targets != tokens.PAD_ID).astype(jnp.float32)
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights
     correct = (logits.argmax(-1) == targets) * weights
     return {

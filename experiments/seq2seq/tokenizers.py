@@ -13,16 +13,12 @@ import pathlib
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import sentencepiece
 
-# The same values as in decoding.py; repeated here so tokenizers depend on nothing else.
-PAD_ID = 0
-BOS_ID = 1
-EOS_ID = 2
-UNK_ID = 3
-NUM_RESERVED_IDS = 4
+from experiments.seq2seq.tokens import BOS_ID, EOS_ID, NUM_RESERVED_IDS, PAD_ID, UNK_ID
+
 UNK_TOKEN = "<unk>"
 
 WORD_VOCABULARY_FILE = "word_vocabulary.json"
@@ -48,24 +44,6 @@ _TRAINER_OPTIONS = {
     "remove_extra_whitespaces": False,
     "minloglevel": 2,
 }
-
-
-class Tokenizer(Protocol):
-    """What the seq2seq task needs from a tokenizer."""
-
-    vocab_size: int
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of `text`, without BOS or EOS."""
-        ...
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids` up to the first EOS, skipping PAD and BOS."""
-        ...
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write the tokenizer into `directory` so that `load_tokenizer` restores it."""
-        ...
 
 
 def _content_ids(ids: Sequence[int]) -> list[int]:

@@ -7,7 +7,7 @@ from experiments.regression.configs import diabetes_linear
 
 def get_config() -> ml_collections.ConfigDict:
     config = diabetes_linear.get_config()
-    config.model = ml_collections.ConfigDict({"hidden_sizes": (100,)})
+    config.model = ml_collections.ConfigDict({"name": "mlp", "hidden_sizes": (100,)})
     config.learning_rate = 0.001
     config.weight_decay = 1e-4  # scikit-learn's default alpha
     config.num_train_steps = 600  # ~55 epochs: longer training overfits the 353 examples

@@ -9,7 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.task = "regression"
     config.dataset = "linear_synthetic"
-    config.model = ml_collections.ConfigDict({"hidden_sizes": ()})
+    config.model = ml_collections.ConfigDict({"name": "mlp", "hidden_sizes": ()})
     config.batch_size = 128
     config.eval_batch_size = 256
     config.optimizer = "adam"

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.seq2seq.decoding import PAD_ID, shift_right
+from experiments.seq2seq.decoding import shift_right
+from experiments.seq2seq.tokens import PAD_ID
 
 # {"carries": per decoder layer (cell, hidden) each [batch, hidden_size],
 #  "attentional": [batch, hidden_size]}; fixed-size, so it serves as the decoding cache.

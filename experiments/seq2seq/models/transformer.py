@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.seq2seq.decoding import PAD_ID, shift_right
+from experiments.seq2seq.decoding import shift_right
+from experiments.seq2seq.tokens import PAD_ID
 
 # {"index": [batch], "layers": per decoder layer {"keys", "values"}: [batch, length, heads,
 # head_width]}; every leaf leads with the batch, so beam search can expand and reorder it.
