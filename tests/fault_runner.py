@@ -10,7 +10,7 @@ import sys
 
 import orbax.checkpoint as ocp
 
-from research import data, parallel
+from research import data, parallel, preemption
 from research import workdir as workdir_lib
 from tests.conftest import load_config, run_experiment
 
@@ -88,7 +88,10 @@ def main() -> None:
     inject(fault, int(at_step))
     config = load_config(config_path, **json.loads(overrides))
     config.data_dir = data_dir
-    run_experiment(config, run_dir)
+    try:
+        run_experiment(config, run_dir)
+    except preemption.Preempted as stop:  # as launch.py does: a clean stop
+        print(stop, file=sys.stderr)
 
 
 if __name__ == "__main__":

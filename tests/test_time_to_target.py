@@ -1,6 +1,6 @@
 """The benchmark tool that reads time to target from a run's metrics.jsonl."""
 
-from tests.benchmarks.time_to_target import time_to_target
+from benchmarks.time_to_target import time_to_target
 
 RECORDS = [
     {"step": 100, "split": "train", "loss": 0.5, "accuracy": 0.99, "elapsed_s": 3.0},

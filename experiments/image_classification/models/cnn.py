@@ -12,7 +12,7 @@ def max_pool(inputs: jax.Array, window: Sequence[int]) -> jax.Array:
 
     Written as a reshape and a max: the values are those of `nn.max_pool`, but the gradient
     is a compare and select instead of XLA:CPU's slow select-and-scatter, which made the
-    Fashion-MNIST CNN step 1.5-1.8x faster on CPU (tests/benchmarks/NOTES.md).
+    Fashion-MNIST CNN step 1.5-1.8x faster on CPU (benchmarks/NOTES.md).
     """
     batch, *spatial, channels = inputs.shape
     kept = tuple(size - size % width for size, width in zip(spatial, window, strict=True))

@@ -1,7 +1,6 @@
 """The benchmarked experiments: which config, which data, and how `--quick` shrinks them."""
 
 import dataclasses
-import importlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -12,7 +11,7 @@ import numpy as np
 from research import data
 from research.task import Task
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO_ROOT, "experiments")
 
 
@@ -134,4 +133,6 @@ def load_dataset(
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
-    return importlib.import_module(f"experiments.{config.task}.task").get_task(config)
+    import experiments
+
+    return experiments.get_task(config)

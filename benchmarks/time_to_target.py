@@ -1,6 +1,6 @@
 """Time to target: the first evaluation of a finished run that reaches a metric's target.
 
-    .venv/bin/python tests/benchmarks/time_to_target.py WORKDIR --metric accuracy --target 0.94
+    .venv/bin/python benchmarks/time_to_target.py WORKDIR --metric accuracy --target 0.94
         [--split test] [--lower-is-better]
 
 Reads WORKDIR/metrics.jsonl, whose records carry `elapsed_s`, the wall time since the run
@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from research import workdir as workdir_lib  # noqa: E402 (after the path is set)

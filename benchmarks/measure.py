@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 
-from research import checkpoints, data, optimizers, parallel, steps, trainer
-from tests.benchmarks import suite
+from benchmarks import suite
+from research import checkpoints, data, parallel, trainer
 
 # Seconds of timed work per repeat; three repeats, the best counts (the least disturbed by other
 # processes on a shared machine).
@@ -59,41 +59,31 @@ def cores_used(function):
 def bare_step(config, task, dataset) -> dict:
     """The trainer's pmapped train step, compiled ahead of time, to be run alone on one batch.
 
-    Returns its compile time, FLOPs and parameter count, and `time(budget_s)`, which times
-    `REPEATS` runs of the step in a loop and returns their seconds per step.
+    The step, state and batch come from `trainer.setup`, as in a run. Returns its compile
+    time, FLOPs and parameter count, and `time(budget_s)`, which times `REPEATS` runs of the
+    step in a loop and returns their seconds per step.
     """
-    model = task.create_model(config, dataset.info)
-    optimizer = optimizers.create_optimizer(config)
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    example = {key: value[:1] for key, value in dataset.train.items()}
-    state = steps.create_train_state(init_rng, model, task, example, optimizer)
-    p_train_step = parallel.pmap(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            task=task,
-            optimizer=optimizer,
-            learning_rate_fn=optimizers.create_learning_rate_schedule(config),
-            skip_nonfinite=config.get("skip_nonfinite_steps", False),
-        ),
-        donate_argnums=(0,),
-    )
-    carry = {"state": parallel.replicate(state)}
-    batch = parallel.shard(data.train_batch(dataset.train, config.batch_size, config.seed, 0))
-    p_rng = parallel.replicate(train_rng)
+    workdir = tempfile.mkdtemp(prefix="benchmark_bare_")
+    wrapped = dataclasses.replace(task, load_data=lambda config, artifacts_dir: dataset)
+    run = trainer.setup(config, workdir, wrapped)
+    run.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    carry = {"state": parallel.replicate(run.state)}
+    batch = parallel.shard(run.train_batch(0))
+    p_rng = parallel.replicate(run.train_rng)
     start = time.perf_counter()
-    compiled = p_train_step.lower(carry["state"], batch, p_rng).compile()
+    compiled = run.train_step.lower(carry["state"], batch, p_rng).compile()
     compile_s = time.perf_counter() - start
     # Per-device program; with N local devices the step does N times this work.
     flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * parallel.local_device_count()
 
     def run_steps(count):
         for _ in range(count):
-            carry["state"], metrics = compiled(carry["state"], batch, p_rng)
-        jax.block_until_ready((carry["state"], metrics))
+            carry["state"], outputs = compiled(carry["state"], batch, p_rng)
+        jax.block_until_ready((carry["state"], outputs))
 
     return {
-        "parameters": sum(leaf.size for leaf in jax.tree.leaves(state.params)),
+        "parameters": sum(leaf.size for leaf in jax.tree.leaves(run.state.params)),
         "compile_s": compile_s,
         "flops_per_step": flops,
         "time": lambda budget_s: time_loop(run_steps, budget_s)[2],
@@ -195,7 +185,7 @@ def torch_step(config, dataset, mode: str) -> dict:
     """The PyTorch twin's step on the bare step's batch, at all cores and at one thread."""
     import torch
 
-    from tests.benchmarks import torch_models
+    from benchmarks import torch_models
 
     batch = data.train_batch(dataset.train, config.batch_size, config.seed, 0)
     results = {}

@@ -1,6 +1,6 @@
 """Benchmark suite: training speed against the bare step, PyTorch, and the CPU's peak.
 
-    .venv/bin/python tests/benchmarks/run.py [--quick] --out=results.json [--only NAME ...]
+    .venv/bin/python benchmarks/run.py [--quick] --out=results.json [--only NAME ...]
 
 Each benchmark runs in a fresh process (`--child`), measuring the compiled pmapped train step
 alone, the full `train_and_evaluate` loop, and a PyTorch twin. The parent measures the CPU's
@@ -17,10 +17,10 @@ import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from tests.benchmarks import suite  # noqa: E402 (after the path is set)
+from benchmarks import suite  # noqa: E402 (after the path is set)
 
 MATMUL_SIZE = 4096
 COLUMNS = (
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        from tests.benchmarks import measure
+        from benchmarks import measure
 
         row = measure.measure(args.child, args.mode, args.peak_flops)
         with open(args.out, "w") as file:
