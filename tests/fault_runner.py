@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from research import data, parallel, preemption
 from research import workdir as workdir_lib
-from tests.conftest import load_config, run_experiment
+from tests.helpers import load_config, run_experiment
 
 
 def _wrap(owner, name, before=None, after=None) -> None:
@@ -39,6 +39,8 @@ def _signal_self(*_) -> None:
 
 
 def inject(fault: str, at_step: int) -> None:
+    if fault == "none":
+        return
     if fault == "kill_in_training":
 
         def kill_at(train, size, seed, step, *rest):

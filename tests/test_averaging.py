@@ -7,7 +7,7 @@ import numpy as np
 
 from research import checkpoints
 from research import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, load_config, run_experiment
+from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/regression/configs/diabetes_mlp.py")
 

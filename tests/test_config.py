@@ -1,12 +1,10 @@
 """Every bad config is refused with one sentence naming the key and the fix."""
 
-import subprocess
-
 import ml_collections
 import pytest
 
 from research import config as config_lib
-from tests.conftest import launch_command, subprocess_environment
+from tests import helpers
 
 GOOD = config_lib.base_config()
 GOOD.task = "regression"
@@ -81,13 +79,7 @@ def test_good_config_passes():
 )
 def test_launch_refuses_bad_flags_before_writing_anything(tmp_path, arguments, expected):
     workdir = tmp_path / "run"
-    result = subprocess.run(
-        launch_command(*arguments, f"--workdir={workdir}"),
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
-        timeout=120,
-    )
+    result = helpers.launch(*arguments, f"--workdir={workdir}", timeout=120)
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and expected in last_line, result.stderr[-2000:]

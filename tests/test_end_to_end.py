@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from research import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, check_golden, load_config, run_experiment
+from tests.helpers import REPO_ROOT, check_golden, load_config, run_experiment
 
 SHORT_RUN = {
     "num_train_steps": 12,

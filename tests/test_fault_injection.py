@@ -3,14 +3,13 @@ ends with the parameters of an uninterrupted one."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from research import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, load_config, run_experiment, subprocess_environment
+from tests import helpers
+from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 LINEAR = os.path.join(REPO_ROOT, "experiments/regression/configs/linear_synthetic.py")
 OVERRIDES = {
@@ -25,14 +24,7 @@ OVERRIDES = {
 
 def _run_with_fault(workdir, data_dir, fault: str, at_step: int = 0):
     arguments = [LINEAR, json.dumps(OVERRIDES), data_dir, str(workdir), fault, str(at_step)]
-    return subprocess.run(
-        [sys.executable, "-m", "tests.fault_runner", *arguments],
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    return helpers.run_module("tests.fault_runner", *arguments)
 
 
 def _checkpoints(workdir) -> list[int]:

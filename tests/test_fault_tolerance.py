@@ -13,7 +13,8 @@ import pytest
 
 from research import checkpoints, trainer
 from research import workdir as workdir_lib
-from tests.conftest import (
+from tests import helpers
+from tests.helpers import (
     REPO_ROOT,
     launch_command,
     load_config,
@@ -65,9 +66,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_an_uninterrupted_run(d
     saved = [int(n) for n in os.listdir(workdir / workdir_lib.CHECKPOINT_DIR) if n.isdigit()]
     assert len(saved) == 1 and 10 <= saved[0] < CNN_OVERRIDES["num_train_steps"]
 
-    resumed = subprocess.run(
-        command, capture_output=True, text=True, env=subprocess_environment(), cwd=REPO_ROOT
-    )
+    resumed = helpers.run_command(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     with open(workdir / workdir_lib.SUMMARY_FILE) as file:
         resumed_summary = json.load(file)
@@ -152,21 +151,9 @@ def test_failed_checkpoint_write_is_reported_and_earlier_checkpoints_stay(data_d
 def test_reproduce_reports_a_match_and_the_first_differing_step(data_dir, tmp_path):
     original = tmp_path / "original"
     flags = _flags({"num_train_steps": 40, "log_every_steps": 10, "eval_every_steps": 20}, data_dir)
-    first = subprocess.run(
-        launch_command(f"--config={LINEAR}", f"--workdir={original}", *flags),
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
-        cwd=REPO_ROOT,
-    )
+    first = helpers.launch(f"--config={LINEAR}", f"--workdir={original}", *flags)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(
-        launch_command(f"--reproduce={original}", f"--workdir={tmp_path / 'again'}"),
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
-        cwd=REPO_ROOT,
-    )
+    again = helpers.launch(f"--reproduce={original}", f"--workdir={tmp_path / 'again'}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Reproduced: params_sha256" in again.stdout
 
@@ -177,12 +164,6 @@ def test_reproduce_reports_a_match_and_the_first_differing_step(data_dir, tmp_pa
             if record["step"] == 20 and record["split"] == "train":
                 record["loss"] *= 1.001
             file.write(json.dumps(record) + "\n")
-    different = subprocess.run(
-        launch_command(f"--reproduce={original}", f"--workdir={tmp_path / 'third'}"),
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
-        cwd=REPO_ROOT,
-    )
+    different = helpers.launch(f"--reproduce={original}", f"--workdir={tmp_path / 'third'}")
     assert different.returncode == 1
     assert "metrics first differ at step 20 (train loss" in different.stdout

@@ -4,13 +4,12 @@ import gzip
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from experiments.seq2seq import multi30k
-from tests.conftest import REPO_ROOT, launch_command, subprocess_environment
+from tests import helpers
+from tests.helpers import REPO_ROOT, subprocess_environment
 
 LOCAL_RELEASE = pathlib.Path(REPO_ROOT).parent / "shared" / "data" / "multi30k"
 FOLDER_CONFIG = os.path.join(
@@ -61,11 +60,9 @@ def test_a_damaged_download_is_refused_and_leaves_no_file(tmp_path):
 
 def test_an_unreachable_release_is_one_sentence_naming_the_url(tmp_path):
     missing = (tmp_path / "nowhere").as_uri()
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.seq2seq.multi30k", f"--data_dir={tmp_path / 'm'}",
-         f"--source_url={missing}"],
-        capture_output=True, text=True, env=subprocess_environment(), cwd=REPO_ROOT, timeout=60,
-    )  # fmt: skip
+    result = helpers.run_module(
+        "experiments.seq2seq.multi30k", f"--data_dir={tmp_path / 'm'}", f"--source_url={missing}"
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: Could not download " + missing)
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.endswith(".partial")]
@@ -74,10 +71,9 @@ def test_an_unreachable_release_is_one_sentence_naming_the_url(tmp_path):
 def test_default_config_without_prepared_data_says_how_to_prepare_it(tmp_path):
     environment = subprocess_environment()
     environment["HOME"] = str(tmp_path)  # the default data_dir is under ~
-    result = subprocess.run(
-        launch_command(f"--config={FOLDER_CONFIG}", f"--workdir={tmp_path / 'run'}"),
-        capture_output=True, text=True, env=environment, timeout=120,
-    )  # fmt: skip
+    result = helpers.launch(
+        f"--config={FOLDER_CONFIG}", f"--workdir={tmp_path / 'run'}", environment=environment
+    )
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     expected_dir = tmp_path / "tensorflow_datasets" / "multi30k"

@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from research import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, load_config, run_experiment, subprocess_environment
+from tests import helpers
+from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CONFIG_PATH = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
 OVERRIDES = {
@@ -22,55 +21,9 @@ OVERRIDES = {
     "checkpoint_every_steps": 6,
 }
 
-TRAIN_SCRIPT = """
-import json, sys
-from tests.conftest import load_config, run_experiment
-config = load_config(sys.argv[1], **json.loads(sys.argv[2]))
-config.data_dir = sys.argv[3]
-run_experiment(config, sys.argv[4])
-"""
 
-EVAL_SCRIPT = """
-import json, sys
-import jax, numpy as np, optax
-from tests.conftest import load_config
-from experiments.image_classification import task as task_module
-from research import evaluation, optimizers, parallel, steps
-import functools
-config = load_config(sys.argv[1], **json.loads(sys.argv[2]))
-config.data_dir = sys.argv[3]
-task = task_module.get_task(config)
-dataset = task.load_data(config, "unused")
-model = task.create_model(config, dataset.info)
-example = {k: v[:1] for k, v in dataset.train.items()}
-state = steps.create_train_state(
-    jax.random.PRNGKey(1), model, task, example, optimizers.create_optimizer(config))
-p_eval = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
-sharded = evaluation.metrics_of_split(
-    p_eval, parallel.replicate(state), dataset.eval_splits["test"], config.eval_batch_size, task)
-test = dataset.eval_splits["test"]
-logits = np.asarray(model.apply({"params": state.params}, test["inputs"], train=False),
-                    dtype=np.float64)
-log_probs = logits - logits.max(-1, keepdims=True)
-log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
-numpy_metrics = {
-    "accuracy": float(np.mean(logits.argmax(-1) == test["label"])),
-    "loss": float(-np.mean(log_probs[np.arange(len(test["label"])), test["label"]])),
-}
-print(json.dumps({"devices": jax.local_device_count(), "sharded": sharded,
-                  "numpy": numpy_metrics, "num_examples": len(test["label"])}))
-"""
-
-
-def _run_script(script, *arguments, device_count):
-    result = subprocess.run(
-        [sys.executable, "-c", script, *arguments],
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(device_count),
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+def _run(module, *arguments, device_count):
+    result = helpers.run_module(module, *arguments, devices=device_count)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -78,12 +31,14 @@ def _run_script(script, *arguments, device_count):
 @pytest.mark.parametrize("device_count", [2, 4])
 def test_more_devices_give_the_losses_of_one_device(device_count, data_dir, tmp_path):
     """Same global batch, same examples in the same order: same metrics to 1e-5."""
-    _run_script(
-        TRAIN_SCRIPT,
+    _run(
+        "tests.fault_runner",
         CONFIG_PATH,
         json.dumps(OVERRIDES),
         data_dir,
         str(tmp_path / "four"),
+        "none",
+        "0",
         device_count=device_count,
     )
     config = load_config(CONFIG_PATH, **OVERRIDES)
@@ -101,7 +56,9 @@ def test_more_devices_give_the_losses_of_one_device(device_count, data_dir, tmp_
 
 
 def test_sharded_padded_evaluation_equals_numpy_over_the_whole_split(data_dir):
-    output = _run_script(EVAL_SCRIPT, CONFIG_PATH, json.dumps(OVERRIDES), data_dir, device_count=4)
+    output = _run(
+        "tests.sharded_evaluation", CONFIG_PATH, json.dumps(OVERRIDES), data_dir, device_count=4
+    )
     result = json.loads(output.strip().splitlines()[-1])
     assert result["devices"] == 4 and result["num_examples"] % OVERRIDES["eval_batch_size"]
     # Accuracy is a count over 1000 examples: exactly equal, not approximately.

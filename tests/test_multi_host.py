@@ -11,7 +11,7 @@ import pytest
 
 from research import workdir as workdir_lib
 from tests import helpers
-from tests.conftest import REPO_ROOT, launch_command, subprocess_environment
+from tests.helpers import REPO_ROOT, launch_command, subprocess_environment
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
 TRANSLATION_CONFIG = os.path.join(
@@ -96,13 +96,8 @@ def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, d
         data_dir = str(helpers.write_parallel_folder(tmp_path / "corpus"))
         config, overrides = TRANSLATION_CONFIG, TRANSLATION_OVERRIDES
         metrics = ("loss", "token_accuracy", "bleu")
-    single = subprocess.run(
-        _command(tmp_path / "single", data_dir, overrides, config=config),
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(device_count=4),
-        cwd=REPO_ROOT,
-        timeout=300,
+    single = helpers.run_command(
+        _command(tmp_path / "single", data_dir, overrides, config=config), devices=4
     )
     assert single.returncode == 0, single.stderr[-3000:]
     processes = _start_processes(tmp_path / "multi", data_dir, overrides, config=config)

@@ -13,9 +13,9 @@ import pytest
 
 from research import checkpoints, trainer
 from research import workdir as workdir_lib
-from tests.conftest import (
+from tests import helpers
+from tests.helpers import (
     REPO_ROOT,
-    launch_command,
     load_config,
     run_experiment,
     subprocess_environment,
@@ -52,15 +52,8 @@ def _other_model_task(config):
     return dataclasses.replace(base, create_model=create_model)
 
 
-def _launch(*arguments, environment=None, timeout=300):
-    return subprocess.run(
-        launch_command(*arguments),
-        capture_output=True,
-        text=True,
-        env=environment or subprocess_environment(),
-        cwd=REPO_ROOT,
-        timeout=timeout,
-    )
+def _launch(*arguments, timeout=300):
+    return helpers.launch(*arguments, timeout=timeout)
 
 
 def test_checkpoint_of_another_model_stops_the_launch_and_stays(data_dir, tmp_path):
@@ -129,19 +122,10 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(data_dir, tmp_path
     assert len(records) == len({(r["step"], r["split"]) for r in records})
 
 
-HOLD_SCRIPT = """
-import sys, time
-from research import workdir
-lock = workdir.Lock(sys.argv[1])
-print("locked", flush=True)
-time.sleep(120)
-"""
-
-
 def test_a_workdir_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(data_dir, tmp_path):
     workdir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_SCRIPT, str(workdir)],
+        [sys.executable, "-m", "tests.hold_lock", str(workdir)],
         stdout=subprocess.PIPE,
         text=True,
         env=subprocess_environment(),

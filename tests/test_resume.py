@@ -2,11 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from research import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, load_config, run_experiment, subprocess_environment
+from tests import helpers
+from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CONFIG_PATH = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
 OVERRIDES = {
@@ -19,24 +18,6 @@ OVERRIDES = {
 }
 KILL_AT_STEP = 53
 
-# Dies like `kill -9` (no clean-up, no waiting for checkpoint writes) when asked for the
-# batch of step KILL_AT_STEP.
-DYING_SCRIPT = """
-import json, os, sys
-from research import data
-from tests.conftest import load_config, run_experiment
-kill_at_step = int(sys.argv[5])
-original_train_batch = data.train_batch
-def train_batch(train, global_batch_size, seed, step, *rest):
-    if step == kill_at_step:
-        os._exit(137)
-    return original_train_batch(train, global_batch_size, seed, step, *rest)
-data.train_batch = train_batch
-config = load_config(sys.argv[1], **json.loads(sys.argv[2]))
-config.data_dir = sys.argv[3]
-run_experiment(config, sys.argv[4])
-"""
-
 
 def test_killed_and_restarted_run_matches_uninterrupted_run(data_dir, tmp_path):
     config = load_config(CONFIG_PATH, **OVERRIDES)
@@ -44,15 +25,11 @@ def test_killed_and_restarted_run_matches_uninterrupted_run(data_dir, tmp_path):
     uninterrupted = run_experiment(config, tmp_path / "uninterrupted")
 
     workdir = tmp_path / "interrupted"
-    arguments = [CONFIG_PATH, json.dumps(OVERRIDES), data_dir, str(workdir), str(KILL_AT_STEP)]
-    died = subprocess.run(
-        [sys.executable, "-c", DYING_SCRIPT, *arguments],
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    # Dies like `kill -9` (no clean-up, checkpoint writes cut off) at the batch of that step.
+    died = helpers.run_module(
+        "tests.fault_runner", CONFIG_PATH, json.dumps(OVERRIDES), data_dir, str(workdir),
+        "kill_in_training", str(KILL_AT_STEP),
+    )  # fmt: skip
     assert died.returncode == 137, died.stderr[-3000:]
     assert not (workdir / workdir_lib.SUMMARY_FILE).exists()
     saved = [int(n) for n in os.listdir(workdir / workdir_lib.CHECKPOINT_DIR) if n.isdigit()]

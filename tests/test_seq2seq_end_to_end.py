@@ -4,7 +4,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 import tensorflow_datasets as tfds
@@ -12,13 +11,11 @@ import tensorflow_datasets as tfds
 from research import data
 from research import workdir as workdir_lib
 from tests import helpers
-from tests.conftest import (
+from tests.helpers import (
     REPO_ROOT,
     check_golden,
-    launch_command,
     load_config,
     run_experiment,
-    subprocess_environment,
 )
 
 CONFIGS = os.path.join(REPO_ROOT, "experiments/seq2seq/configs")
@@ -148,15 +145,10 @@ def test_wmt_transformer_runs_on_mock_wmt(tmp_path):
 
 
 def test_missing_wmt_is_reported_with_how_to_prepare_it(tmp_path):
-    result = subprocess.run(
-        launch_command(
-            f"--config={os.path.join(CONFIGS, 'wmt_transformer.py')}",
-            f"--config.data_dir={tmp_path / 'no_tfds_here'}",
-            f"--workdir={tmp_path / 'run'}",
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_environment(),
+    result = helpers.launch(
+        f"--config={os.path.join(CONFIGS, 'wmt_transformer.py')}",
+        f"--config.data_dir={tmp_path / 'no_tfds_here'}",
+        f"--workdir={tmp_path / 'run'}",
         timeout=120,
     )
     assert result.returncode == 2
