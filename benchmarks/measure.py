@@ -64,7 +64,7 @@ def bare_step(config, task, dataset) -> dict:
     step in a loop and returns their seconds per step.
     """
     workdir = tempfile.mkdtemp(prefix="benchmark_bare_")
-    wrapped = dataclasses.replace(task, load_data=lambda config, artifacts_dir: dataset)
+    wrapped = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
     run = trainer.setup(config, workdir, wrapped)
     run.close()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -150,7 +150,7 @@ def loop_config(config, bare_steps_per_s: float, mode: str):
 def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict:
     """`trainer.train_and_evaluate` on the benchmark data, with its input and checkpoint time."""
     short, cadence = loop_config(config, bare_steps_per_s, mode)
-    wrapped = dataclasses.replace(task, load_data=lambda config, artifacts_dir: dataset)
+    wrapped = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
     workdir = tempfile.mkdtemp(prefix="benchmark_loop_")
     input_s, shard_s, checkpoint_s = [], [], []
     try:

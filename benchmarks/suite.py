@@ -124,7 +124,7 @@ def load_dataset(
     if benchmark.synthetic is not None and benchmark.always_synthetic:
         return benchmark.synthetic(config), "synthetic"
     try:
-        dataset = task.load_data(config, artifacts_dir)
+        dataset = task.load_data(artifacts_dir)
     except data.DatasetMissingError:
         if benchmark.synthetic is None:
             raise

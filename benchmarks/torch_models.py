@@ -223,7 +223,7 @@ def _schedule_factor(config: ml_collections.ConfigDict) -> Callable[[int], float
 
 
 def create_model(config: ml_collections.ConfigDict, info: dict, batch: dict) -> nn.Module:
-    """The twin of `task.create_model(config, info)`; the JAX task's numpy `batch` gives the
+    """The twin of the task's `create_model(config, info)`; the JAX task's numpy `batch` gives the
     input shapes (channels last)."""
     settings = config.model.to_dict()
     if config.task == "regression":

@@ -43,8 +43,8 @@ def load_run(workdir: str, overrides: dict):
             target = target[parent]
         target[leaf] = value
     task = seq2seq.get_task(config)
-    dataset = task.load_data(config, os.path.join(workdir, workdir_lib.ARTIFACTS_DIR))
-    model = task.create_model(config, dataset.info)
+    dataset = task.load_data(os.path.join(workdir, workdir_lib.ARTIFACTS_DIR))
+    model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     example = {key: value[:1] for key, value in dataset.train.items()}
     state = steps.create_train_state(jax.random.PRNGKey(0), model, task, example, optimizer)
@@ -121,7 +121,7 @@ def decode_speed(config, task, dataset, model, state, split: str, buckets):
     seconds = time.perf_counter() - start
     counts = np.array([_tokens(b) for b in data.eval_batches(arrays, batch_size, buckets)])
     output_tokens = int((predictions != 0).sum())
-    scores, _ = task.score_predictions(split, predictions, dataset)
+    scores, _ = task.score_predictions(split, predictions, dataset.evaluation_context)
     return {
         "split": split,
         "seconds": seconds,
@@ -175,7 +175,7 @@ def measure_bleu(arguments) -> dict:
         predictions = evaluation.predictions_of_split(
             p_predict_step, p_state, arrays, config.eval_batch_size, buckets
         )
-        scores, details = task.score_predictions(split, predictions, dataset)
+        scores, details = task.score_predictions(split, predictions, dataset.evaluation_context)
         results[split] = {**scores, "signature": details["sacrebleu_signature"]}
     print(json.dumps(results, indent=1), flush=True)
     return results

@@ -38,6 +38,9 @@ class Dataset:
     train: Arrays
     eval_splits: dict[str, Arrays]  # split name ("valid", "test") -> arrays
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. num_classes
+    # What the task's score_predictions needs besides predictions (a type the task defines,
+    # e.g. the tokenizer and reference texts), or None.
+    evaluation_context: Any = None
 
 
 def num_examples(arrays: Arrays) -> int:

@@ -20,7 +20,7 @@ def metrics_of_split(
         sums = p_eval_step(p_state, parallel.shard(batch))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     totals = parallel.unreplicate(totals)
-    return task.summarize({name: float(value) for name, value in totals.items()})
+    return task.summarize_checked({name: float(value) for name, value in totals.items()})
 
 
 def predictions_of_split(
@@ -76,7 +76,9 @@ class Evaluator:
                 predictions = predictions_of_split(
                     self._p_predict_step, p_state, arrays, self.batch_size, buckets
                 )
-                scores, details = self.task.score_predictions(split, predictions, self.dataset)
+                scores, details = self.task.score_predictions(
+                    split, predictions, self.dataset.evaluation_context
+                )
                 metrics.update(scores)
                 self.writer.write_examples(step, split + suffix, details.pop("examples", []))
                 self.details[split + suffix] = details

@@ -24,40 +24,53 @@ Outputs = Any  # whatever the model returns
 class Task:
     """What an experiment gives the trainer.
 
-    load_data: (config, artifacts_dir) -> `Dataset` of numpy arrays. Whatever the data
+    `get_task(config)` closes over the config: no callback takes it again.
+
+    load_data: (artifacts_dir) -> `Dataset` of numpy arrays. Whatever the data
         preparation learns (a tokenizer) is stored in `artifacts_dir` inside the workdir and
         loaded from there when the run resumes.
-    create_model: (config, dataset info) -> a Linen module, called as
+    create_model: (dataset info) -> a Linen module, called as
         `model.apply(variables, *model_inputs(batch), train=...)`.
     model_inputs: batch -> positional inputs of the model (jit-traced; may cast or scale).
     loss: (outputs, batch) -> (per-example loss sum `[batch]`, per-example weight `[batch]`);
         the training loss is the weighted mean over the global batch.
     metric_sums: (outputs, batch) -> {name: per-example value `[batch]`} to be summed.
-    summarize: {name: total over a split} -> {metric: value}.
+    summarize: {name: total over a split} -> {metric: value}; must include "loss", the
+        metric the trainer logs and checks for divergence.
     reference_metrics: optional dataset -> {split: {metric: value}} computed once (for
         example a closed-form solution) and reported beside the model's metrics.
     predict: optional (model, variables, batch) -> predictions `[batch, ...]` (jit-traced, for
         example beam search); the trainer runs it over every example of each evaluated split.
     score_predictions: with `predict`: (split, predictions `[examples, ...]` in split order,
-        dataset) -> (metrics, details); details may hold "examples" (a few dicts to show) and
-        other JSON values recorded in summary.json.
+        `dataset.evaluation_context`) -> (metrics, details); details may hold "examples" (a few
+        dicts to show) and other JSON values recorded in summary.json.
     sequence_keys: batch entries `[batch, length]` of token ids padded with 0 at the end;
         with `config.bucket_boundaries` the trainer groups examples by their length and pads
         each batch only to the boundary its longest row needs (`data.LengthBuckets`).
     """
 
-    load_data: Callable[[ml_collections.ConfigDict, str], data.Dataset]
-    create_model: Callable[[ml_collections.ConfigDict, dict[str, Any]], nn.Module]
+    load_data: Callable[[str], data.Dataset]
+    create_model: Callable[[dict[str, Any]], nn.Module]
     model_inputs: Callable[[Batch], tuple]
     loss: Callable[[Outputs, Batch], tuple[jax.Array, jax.Array]]
     metric_sums: Callable[[Outputs, Batch], dict[str, jax.Array]]
     summarize: Callable[[dict[str, float]], dict[str, float]]
     reference_metrics: Callable[[data.Dataset], dict[str, dict[str, float]]] | None = None
     predict: Callable[[nn.Module, dict, Batch], jax.Array] | None = None
-    score_predictions: (
-        Callable[[str, Any, data.Dataset], tuple[dict[str, float], dict[str, Any]]] | None
-    ) = None
+    score_predictions: Callable[[str, Any, Any], tuple[dict[str, float], dict[str, Any]]] | None = (
+        None
+    )
     sequence_keys: tuple[str, ...] = ()
+
+    def summarize_checked(self, sums: dict[str, float]) -> dict[str, float]:
+        """`summarize`, with the one entry the trainer relies on checked."""
+        metrics = self.summarize(sums)
+        if "loss" not in metrics:
+            raise TypeError(
+                f"Task.summarize returned {sorted(metrics)} without 'loss'; return the "
+                "task's loss under that name (see research/task.py)."
+            )
+        return metrics
 
 
 def model_from_config(

@@ -112,8 +112,8 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     if not replacing:
         workdir_lib.check_config_matches(workdir, config)
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
-    dataset = task.load_data(config, artifacts + ".incoming" if replacing else artifacts)
-    model = task.create_model(config, dataset.info)
+    dataset = task.load_data(artifacts + ".incoming" if replacing else artifacts)
+    model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     example_batch = {key: value[:1] for key, value in dataset.train.items()}
@@ -201,7 +201,7 @@ class Interval:
         }
         now = time.time()
         metrics = {
-            **task.summarize(sums),
+            **task.summarize_checked(sums),
             "grad_norm": float(np.mean([f["diagnostics"]["grad_norm"] for f in fetched])),
             "learning_rate": float(fetched[-1]["diagnostics"]["learning_rate"]),
             "steps_per_second": (done - self.first_step) / (now - self.start),

@@ -21,8 +21,8 @@ def main() -> None:
     config = load_config(config_path, **json.loads(overrides))
     config.data_dir = data_dir
     task = experiments.get_task(config)
-    dataset = task.load_data(config, "unused")
-    model = task.create_model(config, dataset.info)
+    dataset = task.load_data("unused")
+    model = task.create_model(dataset.info)
     example = {key: value[:1] for key, value in dataset.train.items()}
     state = steps.create_train_state(
         jax.random.PRNGKey(1), model, task, example, optimizers.create_optimizer(config)

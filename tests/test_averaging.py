@@ -46,8 +46,8 @@ def _like(config, workdir):
     from research import optimizers, steps
 
     task = regression.get_task(config)
-    dataset = task.load_data(config, str(workdir / "unused"))
-    model = task.create_model(config, dataset.info)
+    dataset = task.load_data(str(workdir / "unused"))
+    model = task.create_model(dataset.info)
     example = {key: value[:1] for key, value in dataset.train.items()}
     return steps.create_train_state(
         jax.random.PRNGKey(0), model, task, example, optimizers.create_optimizer(config)

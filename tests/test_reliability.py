@@ -45,8 +45,8 @@ def _other_model_task(config):
     task = importlib.import_module("experiments.regression.task")
     base = task.get_task(config)
 
-    def create_model(config, info):
-        model = base.create_model(config, info)
+    def create_model(info):
+        model = base.create_model(info)
         return model.clone(hidden_sizes=(7,))
 
     return dataclasses.replace(base, create_model=create_model)

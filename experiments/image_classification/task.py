@@ -4,6 +4,8 @@ Datasets: MNIST-1D (generated locally), and tfds's mnist, fashion_mnist and cifa
 prepared in `config.data_dir`. Models: `config.model.name` is mlp, cnn or resnet.
 """
 
+import functools
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -96,10 +98,9 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
-    del config
     return Task(
-        load_data=load_data,
-        create_model=create_model,
+        load_data=functools.partial(load_data, config),
+        create_model=functools.partial(create_model, config),
         model_inputs=model_inputs,
         loss=loss,
         metric_sums=metric_sums,

@@ -4,6 +4,8 @@ Metrics are the mean squared error and R², with the closed-form least-squares s
 metrics on the same split beside them (`closed_form_mse`, `closed_form_r2`).
 """
 
+import functools
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -118,10 +120,9 @@ def closed_form_metrics(dataset: data.Dataset) -> dict[str, dict[str, float]]:
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
-    del config
     return Task(
-        load_data=load_data,
-        create_model=create_model,
+        load_data=functools.partial(load_data, config),
+        create_model=functools.partial(create_model, config),
         model_inputs=model_inputs,
         loss=loss,
         metric_sums=metric_sums,

@@ -5,6 +5,7 @@ every example (greedy or beam search) and scores the detokenized output: exact m
 corpus BLEU by sacreBLEU, with a few example translations written to the workdir.
 """
 
+import dataclasses
 import functools
 import os
 
@@ -19,6 +20,15 @@ from experiments.seq2seq.models import lstm, transformer
 from research import data
 from research.config import ConfigError
 from research.task import Task, model_from_config
+
+
+@dataclasses.dataclass(frozen=True)
+class References:
+    """What scoring decoded predictions needs: the detokenizer and the texts of each split."""
+
+    target_tokenizer: tokenizers.WordTokenizer | tokenizers.SentencePieceTokenizer
+    pairs: dict[str, list[tuple[str, str]]]  # split -> (source, reference) in split order
+
 
 MODELS = {"transformer": transformer.Transformer, "lstm": lstm.LSTMSeq2Seq}
 NUM_EXAMPLES_SHOWN = 5
@@ -100,7 +110,8 @@ def _encode(texts, tokenizer, max_length: int) -> np.ndarray:
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
     """Token arrays `inputs [examples, max_input_length]`, `targets [examples, max_target_length]`.
 
-    `info` keeps the tokenizers and each evaluated split's text pairs for scoring.
+    The evaluation context (`References`) keeps what scoring needs: the target tokenizer and
+    each evaluated split's text pairs.
     """
     pairs = _read_pairs(config)
     source_tokenizer, target_tokenizer = _tokenizers(config, pairs["train"], artifacts_dir)
@@ -128,9 +139,8 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
         info={
             "input_vocab_size": source_tokenizer.vocab_size,
             "target_vocab_size": target_tokenizer.vocab_size,
-            "target_tokenizer": target_tokenizer,
-            "pairs": {name: pairs[name] for name in eval_names},
         },
+        evaluation_context=References(target_tokenizer, {name: pairs[name] for name in eval_names}),
     )
 
 
@@ -197,11 +207,11 @@ def predict(model, variables, batch, *, max_length: int, beam_size: int, length_
 
 
 def score_predictions(
-    split: str, predictions: np.ndarray, dataset: data.Dataset, *, bleu_tokenizer: str
+    split: str, predictions: np.ndarray, references: "References", *, bleu_tokenizer: str
 ):
     """Exact match and sacreBLEU over the detokenized hypotheses of a whole split."""
-    tokenizer = dataset.info["target_tokenizer"]
-    split_pairs = dataset.info["pairs"][split]
+    tokenizer = references.target_tokenizer
+    split_pairs = references.pairs[split]
     hypotheses = [tokenizer.decode(row.tolist()) for row in predictions]
     references = [target for _, target in split_pairs]
     bleu, signature = metrics.corpus_bleu(hypotheses, references, tokenize=bleu_tokenizer)
@@ -230,8 +240,8 @@ def score_predictions(
 def get_task(config: ml_collections.ConfigDict) -> Task:
     decode_settings = config.decode
     return Task(
-        load_data=load_data,
-        create_model=create_model,
+        load_data=functools.partial(load_data, config),
+        create_model=functools.partial(create_model, config),
         model_inputs=model_inputs,
         loss=functools.partial(loss, label_smoothing=config.label_smoothing),
         metric_sums=metric_sums,
