@@ -64,3 +64,19 @@ def test_sharded_padded_evaluation_equals_numpy_over_the_whole_split(data_dir):
     # Accuracy is a count over 1000 examples: exactly equal, not approximately.
     assert result["sharded"]["accuracy"] == result["numpy"]["accuracy"]
     assert result["sharded"]["loss"] == pytest.approx(result["numpy"]["loss"], rel=1e-6)
+
+
+def test_four_devices_at_the_default_logging_cadence_finish_like_one(data_dir, tmp_path):
+    """As a user launches: hundreds of steps dispatched ahead between logs, 4 devices on a
+    machine with fewer cores; the collectives must not time out, and results match 1 device."""
+    flags = [f"--config={CONFIG_PATH}", f"--config.data_dir={data_dir}"]
+    flags += ["--config.num_train_steps=300", "--config.batch_size=32"]
+    flags += ["--config.model.dropout_rate=0.0"]  # dropout masks depend on the device layout
+    for devices in (4, 1):
+        result = helpers.launch(*flags, f"--workdir={tmp_path / str(devices)}", devices=devices)
+        assert result.returncode == 0, result.stderr[-3000:]
+    four = workdir_lib.read_metrics(tmp_path / "4")
+    one = workdir_lib.read_metrics(tmp_path / "1")
+    assert [(r["step"], r["split"]) for r in four] == [(r["step"], r["split"]) for r in one]
+    for record_four, record_one in zip(four, one, strict=True):
+        assert record_four["loss"] == pytest.approx(record_one["loss"], rel=1e-5, abs=1e-6)
