@@ -131,11 +131,24 @@ def decode_speed(config, task, dataset, model, state, split: str, buckets):
     }
 
 
+def tokens_seen(config, dataset, buckets) -> dict:
+    """Real source and target tokens (EOS included) of every training batch of the run."""
+    source = target = 0
+    for step in range(config.num_train_steps):
+        batch = data.train_batch(dataset.train, config.batch_size, config.seed, step, buckets)
+        source += int((batch["inputs"] != 0).sum())
+        target += int((batch["targets"] != 0).sum())
+    return {"steps": config.num_train_steps, "source_tokens": source, "target_tokens": target}
+
+
 def measure_speed(arguments) -> dict:
     config, task, dataset, model, state, optimizer = load_run(arguments.workdir, {})
     boundaries = tuple(config.bucket_boundaries)
     trained, _ = trained_state(arguments.workdir, state, 0)
     results = {"workdir": arguments.workdir, "devices": parallel.device_description()}
+    run_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
+    results["run_tokens_seen"] = tokens_seen(config, dataset, run_buckets)
+    print("tokens seen by the run", results["run_tokens_seen"], flush=True)
     for mode, bucketed in (("full_width", False), ("bucketed", True)):
         train_buckets = (
             data.length_buckets(dataset.train, task.sequence_keys, boundaries) if bucketed else None

@@ -27,7 +27,7 @@ def load_config(config_path: str, **overrides) -> ml_collections.ConfigDict:
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target[parent]
-        target[leaf] = value
+        target[leaf] = tuple(value) if isinstance(value, list) else value  # lists from JSON
     return config
 
 
