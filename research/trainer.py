@@ -28,6 +28,8 @@ from research.task import Task
 # can start a later step's collectives on some devices while others still wait in an earlier
 # one, and the all-reduce times out; two keep the devices busy without that.
 MAX_STEPS_IN_FLIGHT = 2
+# Where --overwrite prepares the new run's artifacts while the old run is still in place.
+INCOMING_ARTIFACTS = workdir_lib.ARTIFACTS_DIR + ".incoming"
 
 
 class TrainingDivergedError(UserError, FloatingPointError):
@@ -103,6 +105,8 @@ def setup(
         lock.release()
         if created:
             shutil.rmtree(workdir, ignore_errors=True)
+        else:  # what --overwrite prepared for the new run goes; the old run stays
+            shutil.rmtree(os.path.join(workdir, INCOMING_ARTIFACTS), ignore_errors=True)
         raise
 
 
@@ -112,7 +116,8 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     if not replacing:
         workdir_lib.check_config_matches(workdir, config)
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
-    dataset = task.load_data(artifacts + ".incoming" if replacing else artifacts)
+    incoming = os.path.join(workdir, INCOMING_ARTIFACTS)
+    dataset = task.load_data(incoming if replacing else artifacts)
     model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -122,8 +127,8 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         state = _initialize_from(init_from, state)
     if replacing:  # the new run is ready: only now does the old one go
         removed = workdir_lib.remove_run(workdir)
-        if os.path.isdir(artifacts + ".incoming"):
-            os.replace(artifacts + ".incoming", artifacts)
+        if os.path.isdir(incoming):
+            os.replace(incoming, artifacts)
         logging.warning("--overwrite removed the earlier run's %s.", ", ".join(removed))
 
     checkpointer = checkpoints.Checkpointer(
