@@ -138,7 +138,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     if restored is not None:
         state = restored
     writer = workdir_lib.Writer(workdir, start_time)
-    writer.keep_records_until(int(state.step))
+    start_time -= writer.keep_records_until(int(state.step))  # the clock runs on over restarts
     writer.write_config(config)
     writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
 

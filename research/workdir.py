@@ -214,11 +214,16 @@ class Writer:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json(SUMMARY_FILE, summary)
 
-    def keep_records_until(self, step: int) -> None:
+    def keep_records_until(self, step: int) -> float:
         """Drops records past `step` (written by a run that died before its next checkpoint)
-        and a half-written last line, so each (step, split) is recorded once."""
+        and a half-written last line, so each (step, split) is recorded once.
+
+        Returns the `elapsed_s` of the last record kept, and continues the clock from there,
+        so `elapsed_s` and `wall_time_s` count the run's time across restarts.
+        """
         if not self.active:
-            return
+            return 0.0
+        previous = 0.0
         for name in (METRICS_FILE, EXAMPLES_FILE):
             path = self._path(name)
             if not os.path.exists(path):
@@ -227,7 +232,10 @@ class Writer:
             if name == METRICS_FILE:
                 kept = list({(r["step"], r["split"]): r for r in kept}.values())
                 self._recorded = {(r["step"], r["split"]) for r in kept}
+                previous = max((r.get(ELAPSED, 0.0) for r in kept), default=0.0)
             self._rewrite(path, kept)
+        self._start_time -= previous
+        return previous
 
     def _rewrite(self, path: str, records: list[dict]) -> None:
         with open(path + ".tmp", "w") as file:
