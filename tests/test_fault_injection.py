@@ -47,8 +47,12 @@ def _finish_and_compare(workdir, data_dir, uninterrupted):
     summary = run_experiment(config, workdir)
     expected_summary, expected_records = uninterrupted
     assert summary["params_sha256"] == expected_summary["params_sha256"]
-    keys = [(r["step"], r["split"]) for r in workdir_lib.read_metrics(workdir)]
-    assert keys == [(r["step"], r["split"]) for r in expected_records]
+    records = workdir_lib.read_metrics(workdir)
+    assert [(r["step"], r["split"]) for r in records] == [
+        (r["step"], r["split"]) for r in expected_records
+    ]
+    elapsed = [r[workdir_lib.ELAPSED] for r in records]  # the clock ran on over the restart
+    assert elapsed == sorted(elapsed) and summary["wall_time_s"] >= elapsed[-1]
 
 
 # Points drawn once from a fixed seed, so the "random" points are the same in every run.
