@@ -13,10 +13,13 @@ can be chosen on the validation split. Nothing in the workdir is changed.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +29,7 @@ import jax  # noqa: E402 (after the path is set)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from research import checkpoints, data, evaluation, optimizers, parallel, steps  # noqa: E402
+from research import checkpoints, data, evaluation, optimizers, parallel, steps, trainer  # noqa: E402
 from research import workdir as workdir_lib  # noqa: E402
 
 
@@ -65,25 +68,21 @@ def _tokens(batch: dict) -> tuple[int, int]:
     return real, sum(batch[key].size for key in ("inputs", "targets"))
 
 
-def train_speed(config, task, dataset, model, state, optimizer, buckets, num_steps: int):
-    """Padding efficiency of one epoch and real tokens/s of `num_steps` train steps."""
+def train_speed(config, task, dataset, num_steps: int):
+    """Padding efficiency of one epoch and real tokens/s of `num_steps` train steps, with the
+    step, state and batches of `trainer.setup` (bucketed as `config.bucket_boundaries` says)."""
+    workdir = tempfile.mkdtemp(prefix="translation_speed_")
+    try:
+        loaded = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
+        run = trainer.setup(config, workdir, loaded)
+        run.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     batches_per_epoch = data.num_examples(dataset.train) // config.batch_size
-    epoch = [
-        data.train_batch(dataset.train, config.batch_size, config.seed, step, buckets)
-        for step in range(batches_per_epoch)
-    ]
+    epoch = [run.train_batch(step) for step in range(batches_per_epoch)]
     counts = np.array([_tokens(batch) for batch in epoch])
-    p_train_step = parallel.pmap(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            task=task,
-            optimizer=optimizer,
-            learning_rate_fn=optimizers.create_learning_rate_schedule(config),
-        ),
-        donate_argnums=(0,),
-    )
-    p_state, p_rng = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(0))
+    p_train_step = run.train_step
+    p_state, p_rng = parallel.replicate(run.state), parallel.replicate(run.train_rng)
     timed = epoch[:num_steps]
     compile_start = time.perf_counter()
     for length in sorted({batch["inputs"].shape[1] for batch in timed}):  # compile each shape
@@ -150,9 +149,8 @@ def measure_speed(arguments) -> dict:
     results["run_tokens_seen"] = tokens_seen(config, dataset, run_buckets)
     print("tokens seen by the run", results["run_tokens_seen"], flush=True)
     for mode, bucketed in (("full_width", False), ("bucketed", True)):
-        train_buckets = (
-            data.length_buckets(dataset.train, task.sequence_keys, boundaries) if bucketed else None
-        )
+        mode_config = config.copy_and_resolve_references()
+        mode_config.bucket_boundaries = boundaries if bucketed else ()
         split_buckets = (
             data.length_buckets(
                 dataset.eval_splits[arguments.decode_split], task.sequence_keys, boundaries
@@ -161,9 +159,7 @@ def measure_speed(arguments) -> dict:
             else None
         )
         results[mode] = {
-            "train": train_speed(
-                config, task, dataset, model, state, optimizer, train_buckets, arguments.steps
-            ),
+            "train": train_speed(mode_config, task, dataset, arguments.steps),
             "decode": decode_speed(
                 config, task, dataset, model, trained, arguments.decode_split, split_buckets
             ),
