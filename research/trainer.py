@@ -227,7 +227,7 @@ def _raise_if_diverged(interval: Interval, last_saved: int | None, config) -> No
             else "no checkpoint had been saved yet"
         )
         raise TrainingDivergedError(
-            f"The loss or a gradient became NaN or infinite at step {bad_step}; {kept}. Lower "
+            f"The loss or a gradient became NaN or infinite at step {bad_step}; {kept}: lower "
             "the learning rate, set --config.grad_clip_norm, or set "
             "--config.skip_nonfinite_steps=True."
         )
