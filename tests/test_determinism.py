@@ -22,7 +22,6 @@ CASES = {
             "model.width": 32,
             "model.mlp_width": 64,
             "scan_split": "addprim_turn_left",  # the smallest test split
-            "bucket_boundaries": (16, 32),  # length-bucketed batches are deterministic too
         },
     ),
 }
