@@ -51,7 +51,8 @@ def load_run(workdir: str, overrides: dict):
     optimizer = optimizers.create_optimizer(config)
     example = {key: value[:1] for key, value in dataset.train.items()}
     state = steps.create_train_state(jax.random.PRNGKey(0), model, task, example, optimizer)
-    return config, task, dataset, model, state, optimizer
+    # The state only gives restored checkpoints their structure.
+    return config, task, dataset, model, state
 
 
 def trained_state(workdir: str, state, average_last: int):
@@ -59,7 +60,7 @@ def trained_state(workdir: str, state, average_last: int):
     if average_last > 1:
         return checkpoints.average_of_last(directory, average_last, state)
     step = checkpoints.saved_steps(directory)[-1]
-    return checkpoints.restore_params(directory, step, state), [step]
+    return checkpoints.restore_state(directory, step, state), [step]
 
 
 def _tokens(batch: dict) -> tuple[int, int]:
@@ -141,7 +142,7 @@ def tokens_seen(config, dataset, buckets) -> dict:
 
 
 def measure_speed(arguments) -> dict:
-    config, task, dataset, model, state, optimizer = load_run(arguments.workdir, {})
+    config, task, dataset, model, state = load_run(arguments.workdir, {})
     boundaries = tuple(config.bucket_boundaries)
     trained, _ = trained_state(arguments.workdir, state, 0)
     results = {"workdir": arguments.workdir, "devices": parallel.device_description()}
@@ -173,7 +174,7 @@ def measure_bleu(arguments) -> dict:
         "decode.beam_size": arguments.beam_size,
         "decode.length_penalty": arguments.length_penalty,
     }
-    config, task, dataset, model, state, _ = load_run(arguments.workdir, overrides)
+    config, task, dataset, model, state = load_run(arguments.workdir, overrides)
     trained, averaged = trained_state(arguments.workdir, state, arguments.average_last)
     p_predict_step = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
     p_state = parallel.replicate(trained)

@@ -79,6 +79,13 @@ def _short(error: Exception) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _abstract(like) -> object:
+    """Shapes and dtypes of `like` (device or host arrays) as restore targets."""
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype), like
+    )
+
+
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(directory),
@@ -133,7 +140,7 @@ class Checkpointer:
 
         Raises `CheckpointMismatchError` (moving nothing) when a checkpoint holds another model.
         """
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = _abstract(like)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 saved = _metadata_shapes(self._manager.item_metadata(step).tree)
@@ -193,14 +200,11 @@ def saved_steps(directory: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def restore_params(directory: str, step: int, like: TrainState) -> TrainState:
+def restore_state(directory: str, step: int, like: TrainState) -> TrainState:
     """The checkpoint of `step` shaped like `like`, opened read-only (nothing is moved)."""
-    abstract = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype), like
-    )
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(
-            os.path.join(os.path.abspath(directory), str(step), ITEM), abstract
+            os.path.join(os.path.abspath(directory), str(step), ITEM), _abstract(like)
         )
 
 
@@ -258,7 +262,7 @@ def average_of_last(directory: str, count: int, like: TrainState) -> tuple[Train
     total = None
     for step in chosen:
         params = jax.tree.map(
-            lambda leaf: np.asarray(leaf, np.float64), restore_params(directory, step, like).params
+            lambda leaf: np.asarray(leaf, np.float64), restore_state(directory, step, like).params
         )
         total = params if total is None else jax.tree.map(np.add, total, params)
     mean = jax.tree.map(

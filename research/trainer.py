@@ -185,21 +185,27 @@ class Interval:
     """The step outputs since the last log: divergence check, metrics and speed."""
 
     def __init__(self, first_step: int):
-        self.first_step, self.start, self.outputs = first_step, time.time(), []
+        self.first_step, self.start, self.outputs, self._host = first_step, time.time(), [], []
 
     def add(self, outputs: dict) -> None:
         self.outputs.append(outputs)
         if len(self.outputs) > MAX_STEPS_IN_FLIGHT:
             jax.block_until_ready(self.outputs[-MAX_STEPS_IN_FLIGHT - 1])
 
+    def _fetched(self) -> list[dict]:
+        """Host copies of the outputs, each fetched once (checkpoints and logs both read them)."""
+        for outputs in self.outputs[len(self._host) :]:
+            self._host.append(parallel.unreplicate(outputs))
+        return self._host
+
     def first_nonfinite_step(self) -> int | None:
         """The 1-based step number whose loss or gradient was not finite, if any."""
-        finite = [bool(parallel.unreplicate(o["diagnostics"]["all_finite"])) for o in self.outputs]
+        finite = [bool(f["diagnostics"]["all_finite"]) for f in self._fetched()]
         return None if all(finite) else self.first_step + 1 + finite.index(False)
 
     def summarize(self, task: Task, done: int) -> dict[str, float]:
         """Training metrics over the interval; starts the next interval at `done`."""
-        fetched = [parallel.unreplicate(outputs) for outputs in self.outputs]
+        fetched = self._fetched()
         sums = {
             name: float(np.sum([f["sums"][name] for f in fetched], dtype=np.float64))
             for name in fetched[0]["sums"]
@@ -211,7 +217,7 @@ class Interval:
             "learning_rate": float(fetched[-1]["diagnostics"]["learning_rate"]),
             "steps_per_second": (done - self.first_step) / (now - self.start),
         }
-        self.first_step, self.start, self.outputs = done, now, []
+        self.first_step, self.start, self.outputs, self._host = done, now, [], []
         return metrics
 
 

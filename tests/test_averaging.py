@@ -26,8 +26,8 @@ def test_averaged_parameters_are_the_mean_of_the_last_checkpoints(tmp_path):
     summary = run_experiment(config, tmp_path)
     assert summary["averaged_checkpoints"] == [10, 15, 20]
     directory = str(tmp_path / workdir_lib.CHECKPOINT_DIR)
-    final = checkpoints.restore_params(directory, 20, _like(config, tmp_path))
-    saved = [checkpoints.restore_params(directory, s, final).params for s in (10, 15, 20)]
+    final = checkpoints.restore_state(directory, 20, _like(config, tmp_path))
+    saved = [checkpoints.restore_state(directory, s, final).params for s in (10, 15, 20)]
     mean = jax.tree.map(
         lambda *leaves: (np.sum(np.stack(leaves).astype(np.float64), 0) / 3).astype(np.float32),
         *saved,
