@@ -42,7 +42,7 @@ TRANSLATION_OVERRIDES = {
     "tokenizer.type": "word",
     "max_input_length": 32,
     "max_target_length": 32,
-    "bucket_boundaries": "(8,16,24)",
+    "bucket_boundaries": "(16,)",  # two shapes: 16 and the full 32
     "model.num_layers": 1,
     "model.width": 32,
     "model.num_heads": 2,
