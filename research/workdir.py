@@ -268,10 +268,19 @@ class Writer:
         self._recorded.add((step, split))
 
     def write_examples(self, step: int, split: str, examples: list[dict]) -> None:
-        """A few predictions shown beside their inputs and references (console and file)."""
+        """A few predictions shown beside their inputs and references (console and file).
+
+        Replaces the examples of an earlier evaluation of the same (step, split), as when a
+        finished run is launched again and evaluates its last step once more.
+        """
         if not self.active or not examples:
             return
-        with open(self._path(EXAMPLES_FILE), "a") as file:
+        path = self._path(EXAMPLES_FILE)
+        earlier = _read_records(path)
+        others = [r for r in earlier if (r["step"], r["split"]) != (step, split)]
+        if len(others) != len(earlier):
+            self._rewrite(path, others)
+        with open(path, "a") as file:
             for example in examples:
                 file.write(json.dumps({"step": step, "split": split, **example}) + "\n")
         for example in examples[:3]:

@@ -233,3 +233,20 @@ def test_bad_input_is_one_sentence_and_leaves_no_workdir(case, words, tmp_path):
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: ") and words in message, message
     assert not workdir.exists()
+
+
+def test_examples_of_a_repeated_evaluation_replace_the_earlier_ones(tmp_path):
+    # A finished run launched again evaluates its last step once more.
+    writer = workdir_lib.Writer(str(tmp_path))
+    writer.write_examples(10, "valid", [{"hypothesis": "a"}])
+    writer.write_examples(20, "valid", [{"hypothesis": "b"}, {"hypothesis": "c"}])
+    writer.write_examples(20, "test", [{"hypothesis": "d"}])
+    writer.write_examples(20, "valid", [{"hypothesis": "e"}])
+    writer.close()
+    with open(tmp_path / workdir_lib.EXAMPLES_FILE) as file:
+        records = [json.loads(line) for line in file]
+    assert [(r["step"], r["split"], r["hypothesis"]) for r in records] == [
+        (10, "valid", "a"),
+        (20, "test", "d"),
+        (20, "valid", "e"),
+    ]
