@@ -81,7 +81,8 @@ class Evaluator:
                 )
                 metrics.update(scores)
                 self.writer.write_examples(step, split + suffix, details.pop("examples", []))
-                self.details[split + suffix] = details
+                if details:
+                    self.details[split + suffix] = details
             results[split + suffix] = {**metrics, **self.reference.get(split, {})}
             self.writer.write_metrics(step, split + suffix, results[split + suffix])
         logging.info(

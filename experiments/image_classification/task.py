@@ -1,7 +1,8 @@
 """Image classification: inputs -> one of `num_classes` labels, trained with cross-entropy.
 
 Datasets: MNIST-1D (generated locally), and tfds's mnist, fashion_mnist and cifar10 when
-prepared in `config.data_dir`. Models: `config.model.name` is mlp, cnn or resnet.
+prepared in `config.data_dir`. Models: `config.model.name` is mlp, cnn or resnet. With
+`config.loss = "binary_cross_entropy"` each example has several 0/1 labels (`multi_label.py`).
 """
 
 import functools
@@ -25,6 +26,7 @@ DATASETS = {
     "cifar10": (None, "image", ("test",), 10),
 }
 MODELS = {"mlp": mlp.MLP, "cnn": cnn.CNN, "resnet": resnet.ResNet}
+LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
@@ -98,6 +100,22 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
+    """One label per example, or several with `config.loss = "binary_cross_entropy"`."""
+    loss_name = config.get("loss", "cross_entropy")
+    if loss_name not in LOSSES:
+        raise ConfigError(
+            f"config.loss '{loss_name}' is not an image classification loss; "
+            f"choose one of {', '.join(LOSSES)}."
+        )
+    if loss_name == "binary_cross_entropy":
+        from experiments.image_classification import multi_label  # it builds on this module
+
+        return multi_label.get_task(config)
+    if config.get("labels", "class") != "class":
+        raise ConfigError(
+            f"config.labels '{config.labels}' gives several labels per example; set "
+            "--config.loss=binary_cross_entropy, or --config.labels=class for one label."
+        )
     return Task(
         load_data=functools.partial(load_data, config),
         create_model=functools.partial(create_model, config),

@@ -1,11 +1,12 @@
-"""Offline tensorflow-datasets builders for regression: two synthetic problems and sklearn diabetes.
+"""Offline tensorflow-datasets builders for regression: two synthetic problems, sklearn diabetes
+and sklearn breast cancer (a binary target, for logistic regression).
 
 All data is generated from fixed seeds or read from scikit-learn's bundled files; nothing downloads.
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
-from sklearn.datasets import load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from research import data
@@ -22,6 +23,9 @@ SYNTHETIC_SPLIT_SEEDS = {"train": 1, "test": 2}
 DIABETES_NUM_FEATURES = 10
 DIABETES_TEST_SIZE = 0.2
 DIABETES_SPLIT_SEED = 42
+BREAST_CANCER_NUM_FEATURES = 30
+BREAST_CANCER_TEST_SIZE = 0.2
+BREAST_CANCER_SPLIT_SEED = 42
 
 
 def linear_true_parameters() -> tuple[np.ndarray, float]:
@@ -62,6 +66,15 @@ def diabetes_split_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     features, target = load_diabetes(return_X_y=True)
     train_x, test_x, train_y, test_y = train_test_split(
         features, target, test_size=DIABETES_TEST_SIZE, random_state=DIABETES_SPLIT_SEED
+    )
+    return {"train": (train_x, train_y), "test": (test_x, test_y)}
+
+
+def breast_cancer_split_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """sklearn breast cancer (raw features [N, 30], target [N] 1 = benign), 80/20, seed 42."""
+    features, target = load_breast_cancer(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(
+        features, target, test_size=BREAST_CANCER_TEST_SIZE, random_state=BREAST_CANCER_SPLIT_SEED
     )
     return {"train": (train_x, train_y), "test": (test_x, test_y)}
 
@@ -153,3 +166,17 @@ class Diabetes(_OfflineRegressionBuilder):
 
     def _split_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return diabetes_split_arrays()
+
+
+class BreastCancer(_OfflineRegressionBuilder):
+    """scikit-learn's breast cancer data (569 x 30), train_test_split(0.2, random_state=42)."""
+
+    DESCRIPTION = (
+        "Breast Cancer Wisconsin (Diagnostic) as bundled with scikit-learn: 30 raw features of "
+        "cell nuclei and a binary target (1 = benign, 0 = malignant, scikit-learn's coding); "
+        "train_test_split(test_size=0.2, random_state=42) gives 455 train / 114 test examples."
+    )
+    NUM_FEATURES = BREAST_CANCER_NUM_FEATURES
+
+    def _split_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return breast_cancer_split_arrays()

@@ -1,7 +1,8 @@
 """Regression: features -> a real target, trained with squared error.
 
 Metrics are the mean squared error and R², with the closed-form least-squares solution's
-metrics on the same split beside them (`closed_form_mse`, `closed_form_r2`).
+metrics on the same split beside them (`closed_form_mse`, `closed_form_r2`). With
+`config.loss = "binary_cross_entropy"` the task is logistic regression (`logistic.py`).
 """
 
 import functools
@@ -19,7 +20,9 @@ BUILDERS = {
     "linear_synthetic": datasets.LinearSynthetic,
     "nonlinear_synthetic": datasets.NonlinearSynthetic,
     "diabetes": datasets.Diabetes,
+    "breast_cancer": datasets.BreastCancer,
 }
+LOSSES = ("squared_error", "binary_cross_entropy")
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
@@ -120,6 +123,17 @@ def closed_form_metrics(dataset: data.Dataset) -> dict[str, dict[str, float]]:
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
+    """Least squares, or logistic regression when `config.loss` is binary_cross_entropy."""
+    loss_name = config.get("loss", "squared_error")
+    if loss_name not in LOSSES:
+        raise ConfigError(
+            f"config.loss '{loss_name}' is not a regression loss; "
+            f"choose one of {', '.join(LOSSES)}."
+        )
+    if loss_name == "binary_cross_entropy":
+        from experiments.regression import logistic  # it builds on this module
+
+        return logistic.get_task(config)
     return Task(
         load_data=functools.partial(load_data, config),
         create_model=functools.partial(create_model, config),
