@@ -21,6 +21,9 @@ from research import binary_metrics, data
 from research.config import ConfigError
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
+BREAST_CANCER_CONFIG = os.path.join(
+    REPO_ROOT, "experiments/regression/configs/breast_cancer_logistic.py"
+)
 SATURATED_LOGITS = np.array([-100.0, -100.0, 100.0, 100.0, -30.0, 30.0, -17.0, 17.0, 0.0, 0.0])
 SATURATED_LABELS = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
 
@@ -58,7 +61,7 @@ def test_binary_cross_entropy_equals_float64_reference_including_logits_of_100()
 
 def summed(metric_sums, logits, labels, key, batch_size=128):
     """metric_sums over batches of a split, added up as the trainer does."""
-    totals = {}
+    totals, metric_sums = {}, jax.jit(metric_sums)
     for start in range(0, len(logits), batch_size):
         batch = {key: jnp.asarray(labels[start : start + batch_size], jnp.float32)}
         sums = metric_sums(jnp.asarray(logits[start : start + batch_size]), batch)
@@ -170,17 +173,38 @@ def test_logistic_regression_on_a_real_valued_target_is_refused(monkeypatch):
         logistic.load_data(config, "unused")
 
 
-def sklearn_test_log_loss(inverse_regularization: float) -> float:
-    """scikit-learn's fit on the same split and standardization (statistics of train only)."""
+def breast_cancer_standardized():
+    """scikit-learn's split, standardized by the training split's statistics: float64
+    (train features, train target, test features, test target)."""
     features, target = load_breast_cancer(return_X_y=True)
     train_x, test_x, train_y, test_y = train_test_split(
         features.astype(np.float32), target, test_size=0.2, random_state=42
     )
     mean, std = train_x.mean(0, dtype=np.float64), train_x.std(0, dtype=np.float64)
     standardize = lambda x: ((x - mean) / std).astype(np.float32).astype(np.float64)
+    return standardize(train_x), train_y, standardize(test_x), test_y
+
+
+def sklearn_test_log_loss(inverse_regularization: float) -> float:
+    """scikit-learn's fit on the same split and standardization."""
+    train_x, train_y, test_x, test_y = breast_cancer_standardized()
     model = LogisticRegression(C=inverse_regularization, tol=1e-12, max_iter=10_000)
-    model.fit(standardize(train_x), train_y)
-    return metrics.log_loss(test_y, model.predict_proba(standardize(test_x)))
+    model.fit(train_x, train_y)
+    return metrics.log_loss(test_y, model.predict_proba(test_x))
+
+
+def test_breast_cancer_is_sklearns_split_standardized_by_training_statistics(data_dir, tmp_path):
+    config = load_config(BREAST_CANCER_CONFIG, data_dir=data_dir)
+    dataset = experiments.get_task(config).load_data(str(tmp_path))
+    train_x, train_y, test_x, test_y = breast_cancer_standardized()
+    assert dataset.train["features"].shape == (455, 30)
+    assert dataset.eval_splits["test"]["features"].shape == (114, 30)
+    np.testing.assert_array_equal(dataset.train["features"], train_x.astype(np.float32))
+    np.testing.assert_array_equal(
+        dataset.eval_splits["test"]["features"], test_x.astype(np.float32)
+    )
+    np.testing.assert_array_equal(dataset.train["target"], train_y)
+    np.testing.assert_array_equal(dataset.evaluation_context["test"], test_y)
 
 
 @pytest.mark.parametrize("inverse_regularization", [1.0, 0.1])
@@ -188,7 +212,7 @@ def test_logistic_regression_matches_sklearn_with_the_same_regularization(
     inverse_regularization, data_dir, tmp_path
 ):
     config: ml_collections.ConfigDict = load_config(
-        os.path.join(REPO_ROOT, "experiments/regression/configs/breast_cancer_logistic.py"),
+        BREAST_CANCER_CONFIG,
         num_train_steps=500,
         eval_every_steps=500,
         log_every_steps=250,

@@ -26,8 +26,13 @@ CONFIGS = {
     "regression/configs/linear_synthetic.py": {},
     "regression/configs/diabetes_linear.py": {},
     "regression/configs/diabetes_mlp.py": {},
+    "regression/configs/breast_cancer_logistic.py": {},
     "image_classification/configs/mnist1d_mlp.py": {"batch_size": 32, "eval_batch_size": 256},
     "image_classification/configs/mnist1d_cnn.py": {"batch_size": 32, "eval_batch_size": 256},
+    "image_classification/configs/mnist1d_multi_label.py": {
+        "batch_size": 32,
+        "eval_batch_size": 256,
+    },
 }
 MOCK_CONFIGS = {  # real tfds datasets, replaced by tfds.testing.mock_data
     "image_classification/configs/fashion_mnist_cnn.py": {},
@@ -81,7 +86,13 @@ def test_config_runs_end_to_end_and_fills_the_workdir(name, data_dir, tmp_path):
     summary = run_experiment(config, tmp_path)
     _check_workdir(tmp_path, config, summary)
     check_golden(name, tmp_path)
-    if config.task == "regression":
+    if config.get("loss") == "binary_cross_entropy" and config.task == "regression":
+        assert {"log_loss", "roc_auc", "sklearn_log_loss", "sklearn_roc_auc"} <= set(
+            summary["test"]
+        )
+    elif config.get("loss") == "binary_cross_entropy":
+        assert 0.0 <= summary["test"]["mean_average_precision"] <= 1.0
+    elif config.task == "regression":
         assert {"mse", "r2", "closed_form_mse", "closed_form_r2"} <= set(summary["test"])
     else:
         assert 0.0 <= summary["test"]["accuracy"] <= 1.0
