@@ -1,0 +1,114 @@
+"""The report's plots: every run's learning curves overlaid, and final metric vs swept values."""
+
+import os
+import re
+
+import numpy as np
+
+from research import report
+
+CURVES_FILE = "curves.png"
+SWEEP_FILE = "final_vs_swept.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _group_of(run: dict, keys: list[str]) -> str:
+    """Runs that differ only in seed share a colour: the label of their group."""
+    values = [f"{key}={run['config'].get(key)}" for key in keys]
+    return ", ".join(values) if values else re.sub(r"seed=[^_/]*", "seed=*", run["name"])
+
+
+def draw(runs: list[dict], swept: list[str], split: str, metric: str, out: str) -> list[str]:
+    """Writes the plots into `out`; returns their file names."""
+    names = [_curves(runs, swept, out)]
+    if swept and any(run["summary"] for run in runs):
+        names.append(_final_vs_swept(runs, swept, split, metric, out))
+    return [name for name in names if name]
+
+
+def _curves(runs: list[dict], swept: list[str], out: str) -> str | None:
+    """One panel per (split, metric), loss first; one line per run, one colour per group."""
+    panels: dict[tuple[str, str], list] = {}
+    for run in runs:
+        for record in run["records"]:
+            for name, value in record.items():
+                if name not in ("step", "split", *report.NOT_LEARNING):
+                    key = (record["split"], name)
+                    panels.setdefault(key, []).append((run["name"], record["step"], value))
+    if not panels:
+        return None
+    plt = _pyplot()
+    order = sorted(panels, key=lambda sm: (sm[1] != "loss", sm[1], sm[0] == "train", sm[0]))
+    groups = list(dict.fromkeys(_group_of(run, swept) for run in runs))
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    columns = min(3, len(order))
+    rows = -(-len(order) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[len(order) :]:
+        axis.set_visible(False)
+    for axis, (split, name) in zip(axes.flat, order, strict=False):
+        labelled = set()
+        for run in runs:
+            points = [(s, v) for r, s, v in panels[(split, name)] if r == run["name"]]
+            if not points:
+                continue
+            group = _group_of(run, swept)
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, color=colours[group], alpha=0.8, linewidth=1.2,
+                      marker="o" if len(steps) < 30 else None, markersize=3,
+                      label=None if group in labelled else group)  # fmt: skip
+            labelled.add(group)
+        if report.lower_is_better(name) and all(v > 0 for _, _, v in panels[(split, name)]):
+            axis.set_yscale("log")
+        axis.set_title(f"{split} {name}")
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize="small",
+                  bbox_to_anchor=(0.5, 1.0), frameon=False)  # fmt: skip
+    legend_rows = -(-len(labels) // 4)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.06 * legend_rows / rows))
+    figure.savefig(os.path.join(out, CURVES_FILE), dpi=90)
+    plt.close(figure)
+    return CURVES_FILE
+
+
+def _final_vs_swept(runs: list[dict], swept: list[str], split: str, metric: str, out: str) -> str:
+    """One panel per swept key: each run's final metric at its value, and the mean per value."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(swept), figsize=(4.6 * len(swept), 3.6), squeeze=False)
+    for axis, key in zip(axes.flat, swept, strict=True):
+        points = [(run["config"].get(key), (run["summary"] or {}).get(split, {}).get(metric))
+                  for run in runs]  # fmt: skip
+        points = [(x, y) for x, y in points if y is not None]
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
+        labels = sorted({repr(x) for x, _ in points}) if not numeric else []
+        position = (lambda x: x) if numeric else (lambda x: labels.index(repr(x)))
+        axis.scatter([position(x) for x, _ in points], [y for _, y in points], alpha=0.7,
+                     label="runs")  # fmt: skip
+        means = {}
+        for x, y in points:
+            means.setdefault(position(x), []).append(y)
+        xs = sorted(means)
+        axis.plot(xs, [np.mean(means[x]) for x in xs], color="black", marker="_",
+                  markersize=14, linewidth=1, label="mean")  # fmt: skip
+        if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            axis.set_xscale("log")
+        if not numeric:
+            axis.set_xticks(range(len(labels)), [label.strip("'") for label in labels])
+        axis.set_xlabel(key)
+        axis.set_ylabel(f"final {split} {metric}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(os.path.join(out, SWEEP_FILE), dpi=90)
+    plt.close(figure)
+    return SWEEP_FILE
