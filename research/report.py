@@ -1,6 +1,6 @@
 """Compares runs side by side: a table (Markdown, CSV), plots, and one self-contained HTML page.
 
-    python -m research.report DIR [DIR ...] --out=REPORT_DIR [--target accuracy=0.94]
+python -m research.report DIR [DIR ...] --out=REPORT_DIR [--target accuracy=0.94]
 """
 
 import argparse
@@ -77,8 +77,13 @@ def load_run(name: str, workdir: str) -> dict:
     if os.path.exists(summary_path):
         with open(summary_path) as file:
             summary = json.load(file)
-    return {"name": name, "workdir": workdir, "config": config, "summary": summary,
-            "records": workdir_lib.read_metrics(workdir)}  # fmt: skip
+    return {
+        "name": name,
+        "workdir": workdir,
+        "config": config,
+        "summary": summary,
+        "records": workdir_lib.read_metrics(workdir),
+    }
 
 
 def varying_keys(runs: list[dict]) -> list[str]:
@@ -95,8 +100,10 @@ def final_metrics(summary: dict | None) -> dict[tuple[str, str], float]:
     if not summary:
         return {}
     values = {}
-    splits = sorted((k for k, v in summary.items() if isinstance(v, dict)),
-                    key=lambda split: (split == "train", split))  # fmt: skip
+    splits = sorted(
+        (k for k, v in summary.items() if isinstance(v, dict)),
+        key=lambda split: (split == "train", split),
+    )
     for split in splits:
         for metric, value in sorted(summary[split].items()):
             if metric not in NOT_LEARNING and isinstance(value, int | float):
@@ -129,16 +136,19 @@ def run_row(run: dict, keys: list[str], split: str, metric: str, targets: dict) 
     summary = run["summary"] or {}
     row: dict[str, Any] = {"run": run["name"]}
     row.update({key: run["config"].get(key) for key in keys})
-    row.update({f"{s} {m}": v for (s, m), v in final_metrics(run["summary"]).items()})
+    finals = final_metrics(run["summary"])
+    row.update({f"{s} {m}": v for (s, m), v in finals.items() if s != "train"})
     found = best(run["records"], split, metric)
     row[f"best {split} {metric}"] = found[0] if found else None
     row[f"best {split} {metric} step"] = found[1] if found else None
     for name, target in targets.items():
-        row[f"time to {split} {name} {target} (s)"] = time_to_target(
-            run["records"], split, name, target
+        row[f"time to {split} {name} {'≤' if lower_is_better(name) else '≥'} {target} (s)"] = (
+            time_to_target(run["records"], split, name, target)
         )
     row["wall time (s)"] = summary.get("wall_time_s")
     row["steps/s"] = summary.get("steps_per_second")
+    # Training metrics last: the averages of the last logging interval, not evaluations.
+    row.update({f"{s} {m}": v for (s, m), v in finals.items() if s == "train"})
     return row
 
 
@@ -207,9 +217,11 @@ def to_html_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(c for row in rows for c in row))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(format_cell(row.get(c)))}</td>" for c in columns)
-        + "</tr>" for row in rows
-    )  # fmt: skip
+        "<tr>"
+        + "".join(f"<td>{html.escape(format_cell(row.get(c)))}</td>" for c in columns)
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -242,8 +254,13 @@ def unfinished_points(paths: list[str]) -> list[dict]:
             with open(sweep_path) as file:
                 for point in json.load(file)["points"]:
                     if point.get("status") != "finished":
-                        points.append({"point": point["name"], "status": point.get("status"),
-                                       "error": point.get("error")})  # fmt: skip
+                        points.append(
+                            {
+                                "point": point["name"],
+                                "status": point.get("status"),
+                                "error": point.get("error"),
+                            }
+                        )
     return points
 
 
@@ -251,8 +268,9 @@ def choose_metric(runs: list[dict], split: str | None, metric: str | None) -> tu
     """The split and metric the best value and the sweep plot are about."""
     available = set().union(*(final_metrics(run["summary"]) for run in runs))
     splits = [s for s, _ in sorted(available, key=lambda sm: (sm[0] == "train", sm[0]))]
-    split = split or ("test" if ("test", metric or "loss") in available or not splits
-                      else splits[0])  # fmt: skip
+    split = split or (
+        "test" if ("test", metric or "loss") in available or not splits else splits[0]
+    )
     if metric is None:
         names = [m for s, m in available if s == split]
         metric = next((m for m in PREFERRED_METRICS if m in names), names[0] if names else "loss")
@@ -278,10 +296,15 @@ def build(paths: list[str], out: str, targets: dict, split=None, metric=None) ->
         write_csv(os.path.join(out, "groups.csv"), grouped)
     figures = report_plots.draw(runs, [k for k in keys if k != "seed"], split, metric, out)
     failed = unfinished_points(paths)
-    sections = [("Seeds grouped (mean ± standard deviation)", grouped), ("Runs", rows),
-                ("Sweep points that did not finish", failed)]  # fmt: skip
-    markdown = [f"# Report: {', '.join(paths)}\n",
-                f"Best and time to target are over `{split}` evaluations of `{metric}`.\n"]  # fmt: skip
+    sections = [
+        ("Seeds grouped (mean ± standard deviation)", grouped),
+        ("Runs", rows),
+        ("Sweep points that did not finish", failed),
+    ]
+    markdown = [
+        f"# Report: {', '.join(paths)}\n",
+        f"Best and time to target are over `{split}` evaluations of `{metric}`.\n",
+    ]
     for title, table in sections:
         if table:
             markdown += [f"## {title}\n", to_markdown(table)]
@@ -290,25 +313,26 @@ def build(paths: list[str], out: str, targets: dict, split=None, metric=None) ->
         file.write("\n".join(markdown))
     with open(os.path.join(out, "report.html"), "w") as file:
         file.write(html_page(paths, split, metric, sections, out, figures))
-    return {"runs": rows, "groups": grouped, "figures": figures, "split": split,
-            "metric": metric}  # fmt: skip
+    return {"runs": rows, "groups": grouped, "figures": figures, "split": split, "metric": metric}
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+th{background:#f2f2f2;white-space:normal;max-width:8em;vertical-align:bottom}td:first-child,th:first-child{text-align:left}
 tbody tr:nth-child(even){background:#fafafa}img{max-width:100%;border:1px solid #eee}
 .scroll{overflow-x:auto}"""
 
 
 def html_page(paths, split, metric, sections, out, figures) -> str:
     """One page with the tables and the plots embedded (base64), readable with no server."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report</title>"
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>Report: {html.escape(', '.join(paths))}</h1>",
-             f"<p>Best and time to target are over <code>{html.escape(split)}</code> "
-             f"evaluations of <code>{html.escape(metric)}</code>.</p>"]  # fmt: skip
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report</title>"
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Report: {html.escape(', '.join(paths))}</h1>",
+        f"<p>Best and time to target are over <code>{html.escape(split)}</code> "
+        f"evaluations of <code>{html.escape(metric)}</code>.</p>",
+    ]
     for title, table in sections:
         if table:
             parts.append(f"<h2>{html.escape(title)}</h2><div class='scroll'>")
@@ -316,8 +340,9 @@ def html_page(paths, split, metric, sections, out, figures) -> str:
     for name in figures:
         with open(os.path.join(out, name), "rb") as file:
             encoded = base64.b64encode(file.read()).decode()
-        parts.append(f"<h2>{html.escape(name)}</h2><img alt='{name}' "
-                     f"src='data:image/png;base64,{encoded}'>")  # fmt: skip
+        parts.append(
+            f"<h2>{html.escape(name)}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>"
+        )
     return "\n".join(parts) + "</body></html>\n"
 
 
@@ -338,14 +363,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", help="Workdirs or folders of workdirs (sweep roots).")
     parser.add_argument("--out", required=True, help="Folder the report is written into.")
-    parser.add_argument("--target", action="append", default=[], help="metric=value, e.g. "
-                        "accuracy=0.94: time until an evaluation reaches it.")  # fmt: skip
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="metric=value, e.g. accuracy=0.94: time until an evaluation reaches it.",
+    )
     parser.add_argument("--split", help="Evaluation split of best and target (default test).")
     parser.add_argument("--metric", help="Metric of best and the sweep plot (default accuracy…).")
     arguments = parser.parse_args(argv)
     try:
-        result = build(arguments.dirs, arguments.out, parse_targets(arguments.target),
-                       arguments.split, arguments.metric)  # fmt: skip
+        result = build(
+            arguments.dirs,
+            arguments.out,
+            parse_targets(arguments.target),
+            arguments.split,
+            arguments.metric,
+        )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -62,9 +62,16 @@ def _curves(runs: list[dict], swept: list[str], out: str) -> str | None:
                 continue
             group = _group_of(run, swept)
             steps, values = zip(*points, strict=True)
-            axis.plot(steps, values, color=colours[group], alpha=0.8, linewidth=1.2,
-                      marker="o" if len(steps) < 30 else None, markersize=3,
-                      label=None if group in labelled else group)  # fmt: skip
+            axis.plot(
+                steps,
+                values,
+                color=colours[group],
+                alpha=0.8,
+                linewidth=1.2,
+                marker="o" if len(steps) < 30 else None,
+                markersize=3,
+                label=None if group in labelled else group,
+            )
             labelled.add(group)
         if report.lower_is_better(name) and all(v > 0 for _, _, v in panels[(split, name)]):
             axis.set_yscale("log")
@@ -72,8 +79,15 @@ def _curves(runs: list[dict], swept: list[str], out: str) -> str | None:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize="small",
-                  bbox_to_anchor=(0.5, 1.0), frameon=False)  # fmt: skip
+    figure.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=min(4, len(labels)),
+        fontsize="medium",
+        bbox_to_anchor=(0.5, 1.0),
+        frameon=False,
+    )
     legend_rows = -(-len(labels) // 4)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.06 * legend_rows / rows))
     figure.savefig(os.path.join(out, CURVES_FILE), dpi=90)
@@ -86,20 +100,34 @@ def _final_vs_swept(runs: list[dict], swept: list[str], split: str, metric: str,
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(swept), figsize=(4.6 * len(swept), 3.6), squeeze=False)
     for axis, key in zip(axes.flat, swept, strict=True):
-        points = [(run["config"].get(key), (run["summary"] or {}).get(split, {}).get(metric))
-                  for run in runs]  # fmt: skip
+        points = [
+            (run["config"].get(key), (run["summary"] or {}).get(split, {}).get(metric))
+            for run in runs
+        ]
         points = [(x, y) for x, y in points if y is not None]
         numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
         labels = sorted({repr(x) for x, _ in points}) if not numeric else []
-        position = (lambda x: x) if numeric else (lambda x: labels.index(repr(x)))
-        axis.scatter([position(x) for x, _ in points], [y for _, y in points], alpha=0.7,
-                     label="runs")  # fmt: skip
+
+        def position(x, labels=labels, numeric=numeric):
+            return x if numeric else labels.index(repr(x))
+
+        axis.scatter(
+            [position(x) for x, _ in points], [y for _, y in points], alpha=0.7, label="runs"
+        )
         means = {}
         for x, y in points:
             means.setdefault(position(x), []).append(y)
         xs = sorted(means)
-        axis.plot(xs, [np.mean(means[x]) for x in xs], color="black", marker="_",
-                  markersize=14, linewidth=1, label="mean")  # fmt: skip
+        axis.plot(
+            xs,
+            [np.mean(means[x]) for x in xs],
+            color="black",
+            marker="_",
+            markersize=14,
+            linewidth=1,
+            linestyle="-" if numeric else "none",  # categories have no order to connect
+            label="mean",
+        )
         if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
             axis.set_xscale("log")
         if not numeric:

@@ -1,0 +1,226 @@
+"""Runs a sweep's points as child processes, records each outcome in sweep.json.
+
+Each point is an ordinary `launch.py` command; with several at once each gets its share of
+the cores (and GPUs) and thread pools of that size.
+"""
+
+import concurrent.futures
+import datetime
+import fcntl
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+
+from research.errors import UserError
+
+SWEEP_FILE = "sweep.json"
+LOG_DIR = "logs"  # one log per point, beside (not inside) the workdirs
+# Thread pools of the libraries a run uses besides XLA (which sizes its pool by the affinity).
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
+
+
+class SweepError(UserError, ValueError):
+    """A sweep that cannot run as asked; the message says what to change."""
+
+
+class Record:
+    """sweep.json, updated under a file lock so that several sweep processes can share it."""
+
+    def __init__(self, root: str):
+        self.path = os.path.join(root, SWEEP_FILE)
+        self._lock_path = os.path.join(root, f".{SWEEP_FILE}.lock")
+
+    def _locked(self):
+        file = open(self._lock_path, "a")  # noqa: SIM115 (closed by the caller)
+        fcntl.flock(file, fcntl.LOCK_EX)
+        return file
+
+    def read(self) -> dict | None:
+        if not os.path.exists(self.path):
+            return None
+        with open(self.path) as file:
+            return json.load(file)
+
+    def _write(self, sweep: dict) -> None:
+        with open(self.path + ".tmp", "w") as file:
+            json.dump(sweep, file, indent=2)
+            file.write("\n")
+        os.replace(self.path + ".tmp", self.path)
+
+    def start(self, planned: dict) -> dict:
+        """Writes the plan, or checks it against the one already there (statuses are kept)."""
+        with self._locked():
+            existing = self.read()
+            if existing is not None:
+                for key in ("config", "overrides", "grid"):
+                    if existing[key] != planned[key]:
+                        raise SweepError(
+                            f"{self.path} describes another sweep ({key} differs: "
+                            f"{existing[key]} there); choose a new --root or the same flags."
+                        )
+                return existing
+            sweep = {
+                **planned,
+                "points": [
+                    {
+                        "name": p["name"],
+                        "values": p["values"],
+                        "command": p["command"],
+                        "status": "pending",
+                    }
+                    for p in planned["points"]
+                ],
+            }
+            self._write(sweep)
+            return sweep
+
+    def update(self, index: int, **fields) -> None:
+        with self._locked():
+            sweep = self.read()
+            sweep["points"][index] = {**sweep["points"][index], **fields}
+            self._write(sweep)
+
+
+def is_finished(workdir: str, config: dict) -> bool:
+    """A point is done when its workdir has a summary and the config it was asked to run."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as file:
+            recorded = json.load(file)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return recorded == config and os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def core_shares(parallel: int) -> list[list[int]]:
+    """This process's cores split into `parallel` disjoint shares (shared when too few)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if parallel >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(parallel)]
+    size = len(cores) // parallel
+    return [cores[i * size : (i + 1) * size] for i in range(parallel)]
+
+
+def device_shares(parallel: int) -> list[str | None]:
+    """CUDA devices split like the cores; None (inherit) where there are no GPUs to split."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None and shutil.which("nvidia-smi"):
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+        visible = ",".join(str(i) for i in range(listing.count("GPU ")))
+    devices = [d for d in (visible or "").split(",") if d.strip()]
+    if len(devices) < 2 or parallel < 2:
+        return [None] * parallel
+    size = max(1, len(devices) // parallel)
+    shares = [
+        devices[i * size : (i + 1) * size] or [devices[i % len(devices)]] for i in range(parallel)
+    ]
+    return [",".join(share) for share in shares]
+
+
+def environment(cores: list[int] | None, devices: str | None) -> dict[str, str]:
+    """The child's environment: thread pools no larger than its cores, its devices only."""
+    env = dict(os.environ)
+    if cores is not None:
+        for name in THREAD_VARIABLES:
+            env[name] = str(len(cores))
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+    return env
+
+
+def last_line(path: str) -> str:
+    with open(path, errors="replace") as file:
+        lines = [line.strip() for line in file if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+class Runner:
+    """Runs points in child processes and records each one's outcome in sweep.json."""
+
+    def __init__(self, root: str, record: Record):
+        self.root, self.record = root, record
+        self.stopping = False
+        self._children: set[subprocess.Popen] = set()
+        self._guard = threading.Lock()
+
+    def stop(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        """SIGTERM: no new points; running ones are told to checkpoint and stop."""
+        self.stopping = True
+        with self._guard:
+            for child in self._children:
+                child.send_signal(signal.SIGTERM)
+
+    def run(self, index: int, point: dict, cores=None, devices=None) -> str:
+        workdir = os.path.join(self.root, point["name"])
+        if is_finished(workdir, point["config"]):
+            self.record.update(index, status="finished")
+            return "finished"
+        if self.stopping:
+            return "pending"
+        os.makedirs(os.path.join(self.root, LOG_DIR), exist_ok=True)
+        log_path = os.path.join(self.root, LOG_DIR, point["name"] + ".log")
+        command = point["command"]
+        if cores is not None and shutil.which("taskset"):
+            command = ["taskset", "-c", ",".join(map(str, cores)), *command]
+        now = datetime.datetime.now().isoformat(timespec="seconds")
+        self.record.update(index, status="running", started=now, error=None, pid=None)
+        with open(log_path, "a") as log:
+            child = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environment(cores, devices)
+            )
+            with self._guard:
+                self._children.add(child)
+            if cores is not None and not shutil.which("taskset"):
+                os.sched_setaffinity(child.pid, cores)
+            self.record.update(index, pid=child.pid)
+            code = child.wait()
+            with self._guard:
+                self._children.discard(child)
+        ended = datetime.datetime.now().isoformat(timespec="seconds")
+        if code == 0 and is_finished(workdir, point["config"]):
+            status, error = "finished", None
+        elif code == 0:  # stopped by a signal after a checkpoint: the next sweep resumes it
+            status, error = "interrupted", last_line(log_path)
+        else:
+            status, error = "failed", last_line(log_path)
+        self.record.update(index, status=status, error=error, ended=ended, return_code=code)
+        print(f"{point['name']}: {status}" + (f" ({error})" if error else ""), flush=True)
+        return status
+
+
+def run_all(runner: Runner, planned: dict, parallel: int) -> dict[str, int]:
+    """Runs every point, `parallel` at a time; returns how many ended in each status."""
+    points = planned["points"]
+    slots: queue.Queue = queue.Queue()
+    share_cores = core_shares(parallel) if parallel > 1 else [None]
+    share_devices = device_shares(parallel) if parallel > 1 else [None]
+    for slot in range(max(1, parallel)):
+        slots.put(slot)
+
+    def in_slot(index: int) -> str:
+        slot = slots.get()
+        try:
+            return runner.run(index, points[index], share_cores[slot], share_devices[slot])
+        finally:
+            slots.put(slot)
+
+    outcomes: list[str] = []
+    order = list(range(len(points)))
+    # Until one point has finished, one runs alone: it prepares the data (and fills the
+    # compilation cache) that the others then share instead of preparing it at once.
+    if parallel > 1 and not any(
+        is_finished(os.path.join(runner.root, p["name"]), p["config"]) for p in points
+    ):
+        outcomes.append(in_slot(order.pop(0)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        outcomes += list(pool.map(in_slot, order))
+    return {status: outcomes.count(status) for status in sorted(set(outcomes))}

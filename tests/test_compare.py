@@ -1,0 +1,244 @@
+"""Sweeps over a grid of config values and the report that compares their runs."""
+
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import REPO_ROOT, load_config, subprocess_environment
+
+from research import report, sweep, sweep_runner
+
+CONFIG = os.path.join(REPO_ROOT, "experiments/regression/configs/linear_synthetic.py")
+GRID = "learning_rate=0.05,0.1 seed=0,1"
+FINISHED = ("learning_rate=0.05_seed=0", "learning_rate=0.05_seed=1", "learning_rate=0.1_seed=0")
+OCCUPIED = "learning_rate=0.1_seed=1"  # a file where its workdir should be: launch refuses it
+
+
+def sweep_command(root, data_dir, *extra) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "research.sweep",
+        f"--config={CONFIG}",
+        f"--root={root}",
+        f"--grid={GRID}",
+        "--parallel=2",
+        f"--config.data_dir={data_dir}",
+        "--config.num_train_steps=20",
+        "--config.eval_every_steps=10",
+        "--config.log_every_steps=10",
+        "--config.checkpoint_every_steps=10",
+        *extra,
+    ]
+
+
+def run_sweep(root, data_dir) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        sweep_command(root, data_dir),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_environment(),
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("sweep")
+    (root / OCCUPIED).write_text("not a workdir\n")
+    result = run_sweep(root, data_dir)
+    return root, result
+
+
+def test_grid_key_or_value_the_config_lacks_is_one_sentence():
+    config = load_config(CONFIG)
+    cases = {
+        "lr=0.1": "--grid key 'lr' is not a key of the config",
+        "seed=0,0.5": "--grid value '0.5' of seed is not of the config's type (int",
+        "learning_rate=fast": "--grid value 'fast' of learning_rate is not of the config's type",
+        "model=1": "--grid key 'model' is a group of keys",
+        "seed": "--grid item 'seed' is not key=value,value",
+    }
+    for grid, message in cases.items():
+        with pytest.raises(sweep.SweepError) as error:
+            sweep.parse_grid(grid, config)
+        assert str(error.value).startswith(message), grid
+        assert str(error.value).count(". ") == 0, grid  # one sentence
+
+
+def test_bad_grid_stops_the_command_before_anything_is_written(tmp_path):
+    root = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "research.sweep",
+        f"--config={CONFIG}",
+        f"--root={root}",
+        "--grid=learning_rate=0.1 seed=zero",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_environment(),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --grid value 'zero' of seed is not of the config's type (int, default 0); "
+        "give seed values like 0."
+    ]
+    assert not root.exists()
+
+
+def test_plan_is_the_cross_product_and_each_point_the_config_launch_writes():
+    config = load_config(CONFIG)
+    grid = sweep.parse_grid("learning_rate=1e-3,3e-3 seed=0,1,2 model.hidden_sizes=(8,8)", config)
+    planned = sweep.plan(CONFIG, "/sweep", grid, ["--config.num_train_steps=5"], config)
+    names = [point["name"] for point in planned["points"]]
+    assert names == [
+        f"learning_rate={lr}_seed={seed}_model.hidden_sizes=8-8"
+        for lr in ("1e-3", "3e-3")
+        for seed in (0, 1, 2)
+    ]
+    assert planned["grid"] == {
+        "learning_rate": [1e-3, 3e-3],
+        "seed": [0, 1, 2],
+        "model.hidden_sizes": [(8, 8)],
+    }
+    point = planned["points"][4]
+    expected = load_config(CONFIG, learning_rate=3e-3, seed=1, **{"model.hidden_sizes": (8, 8)})
+    assert point["config"] == json.loads(expected.to_json_best_effort())
+    assert point["command"][2:] == [
+        f"--config={CONFIG}",
+        "--workdir=/sweep/learning_rate=3e-3_seed=1_model.hidden_sizes=8-8",
+        "--config.num_train_steps=5",
+        "--config.learning_rate=3e-3",
+        "--config.seed=1",
+        "--config.model.hidden_sizes=(8,8)",
+    ]
+
+
+def test_parallel_points_get_disjoint_cores_and_thread_pools_of_their_size(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert sweep_runner.core_shares(2) == [[0, 1], [2, 3]]
+    assert sweep_runner.core_shares(3) == [[0], [1], [2]]
+    assert sweep_runner.core_shares(6) == [[0], [1], [2], [3], [4], [0]]
+    environment = sweep_runner.environment([2, 3], "1")
+    assert environment["OMP_NUM_THREADS"] == environment["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert environment["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert sweep_runner.device_shares(2) == ["0,1", "2,3"]
+
+
+def test_sweep_runs_every_point_and_records_a_failure_without_stopping(sweep_root):
+    root, result = sweep_root
+    assert result.returncode == 1, result.stderr
+    record = json.loads((root / "sweep.json").read_text())
+    assert record["grid"] == {"learning_rate": [0.05, 0.1], "seed": [0, 1]}
+    statuses = {point["name"]: point["status"] for point in record["points"]}
+    assert statuses == {**dict.fromkeys(FINISHED, "finished"), OCCUPIED: "failed"}
+    failed = next(point for point in record["points"] if point["name"] == OCCUPIED)
+    assert failed["error"] == f"error: --workdir={root / OCCUPIED} is a file; pass a folder path."
+    for name in FINISHED:
+        config = json.loads((root / name / "config.json").read_text())
+        values = next(point["values"] for point in record["points"] if point["name"] == name)
+        assert (config["learning_rate"], config["seed"]) == (
+            values["learning_rate"],
+            values["seed"],
+        )
+        assert config["num_train_steps"] == 20
+
+
+def test_sweep_root_is_a_tensorboard_logdir_with_every_run_under_its_name(sweep_root):
+    from tensorboard.backend.event_processing import event_multiplexer
+    from tensorboard.util import tensor_util
+
+    root, _ = sweep_root
+    multiplexer = event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(root))
+    multiplexer.Reload()
+    assert set(multiplexer.Runs()) == set(FINISHED)
+    for name in FINISHED:
+        logged = [
+            (event.step, tensor_util.make_ndarray(event.tensor_proto).item())
+            for event in multiplexer.Tensors(name, "test/mse")
+        ]
+        records = [r for r in report.workdir_lib.read_metrics(root / name) if r["split"] == "test"]
+        assert logged == [(r["step"], float(np.float32(r["mse"]))) for r in records]
+
+
+def test_report_shows_every_run_with_the_numbers_of_its_summary(sweep_root, tmp_path):
+    root, _ = sweep_root
+    summaries = {name: json.loads((root / name / "summary.json").read_text()) for name in FINISHED}
+    records = {name: report.workdir_lib.read_metrics(root / name) for name in FINISHED}
+    target = summaries[FINISHED[0]]["test"]["mse"]
+    result = report.build([str(root)], str(tmp_path), {"mse": target})
+    assert result["split"] == "test" and result["metric"] == "mse"
+    assert result["figures"] == ["curves.png", "final_vs_swept.png"]
+
+    with open(tmp_path / "runs.csv") as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    assert set(rows) == set(FINISHED)
+    for name, summary in summaries.items():
+        row = rows[name]
+        assert float(row["test mse"]) == summary["test"]["mse"]
+        assert float(row["train loss"]) == summary["train"]["loss"]
+        assert float(row["wall time (s)"]) == summary["wall_time_s"]
+        assert float(row["steps/s"]) == summary["steps_per_second"]
+        tests = [r for r in records[name] if r["split"] == "test"]
+        best = min(tests, key=lambda r: r["mse"])
+        assert (float(row["best test mse"]), int(row["best test mse step"])) == (
+            best["mse"],
+            best["step"],
+        )
+        reached = [r["elapsed_s"] for r in tests if r["mse"] <= target]
+        assert row[f"time to test mse ≤ {target} (s)"] == (str(reached[0]) if reached else "")
+
+    with open(tmp_path / "groups.csv") as file:
+        groups = {row["learning_rate"]: row for row in csv.DictReader(file)}
+    seeds = [summaries[name]["test"]["mse"] for name in FINISHED[:2]]
+    assert groups["0.05"]["seeds"] == "2" and groups["0.1"]["seeds"] == "1"
+    assert float(groups["0.05"]["test mse mean"]) == statistics.fmean(seeds)
+    assert float(groups["0.05"]["test mse std"]) == statistics.stdev(seeds)
+
+    page = (tmp_path / "report.html").read_text()
+    assert "http" not in page and page.count("src='data:image/png;base64,") == 2
+    for name, summary in summaries.items():
+        assert f"<td>{name}</td>" in page
+        assert f"<td>{summary['test']['mse']:.4g}</td>" in page
+    mean_cell = f"<td>{statistics.fmean(seeds):.4g} ± {statistics.stdev(seeds):.2g}</td>"
+    assert mean_cell in page
+    assert f"| {OCCUPIED} | failed |" in (tmp_path / "report.md").read_text()
+
+
+def test_rerun_skips_finished_points_and_resumes_an_interrupted_one(sweep_root, data_dir):
+    root, _ = sweep_root
+    interrupted = root / FINISHED[1]
+    uninterrupted = json.loads((interrupted / "summary.json").read_text())
+    # As if killed after its step-10 checkpoint: no summary, no later checkpoint.
+    (interrupted / "summary.json").unlink()
+    shutil.rmtree(interrupted / "checkpoints" / "20")
+    skipped = root / FINISHED[0] / "metrics.jsonl"
+    skipped_mtime = skipped.stat().st_mtime_ns
+
+    result = run_sweep(root, data_dir)
+    assert result.returncode == 1, result.stderr
+    statuses = {
+        p["name"]: p["status"] for p in json.loads((root / "sweep.json").read_text())["points"]
+    }
+    assert statuses == {**dict.fromkeys(FINISHED, "finished"), OCCUPIED: "failed"}
+    assert skipped.stat().st_mtime_ns == skipped_mtime
+    assert f"{FINISHED[0]}:" not in result.stdout  # not launched at all
+    resumed = json.loads((interrupted / "summary.json").read_text())
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
+    log = (root / "logs" / f"{FINISHED[1]}.log").read_text()
+    assert "Restored the checkpoint of step 10 " in log  # resumed, not started again
