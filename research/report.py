@@ -8,6 +8,7 @@ import base64
 import csv
 import html
 import json
+import math
 import os
 import re
 import statistics
@@ -186,6 +187,14 @@ def group_rows(runs: list[dict], rows: list[dict], keys: list[str]) -> list[dict
     return grouped
 
 
+def format_number(value: float, digits: int = 4) -> str:
+    """`digits` significant digits, never in exponent notation (a table reads by place)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
 def format_cell(value: Any) -> str:
     """A table cell: numbers to 4 significant digits, (mean, std, n, of) as mean ± std."""
     if value is None:
@@ -193,12 +202,12 @@ def format_cell(value: Any) -> str:
     if isinstance(value, bool | str):
         return str(value)
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return format_number(value)
     if isinstance(value, int):
         return str(value)
     if isinstance(value, tuple) and len(value) == 4 and isinstance(value[2], int):
         mean, std, count, total = value
-        text = f"{mean:.4g} ± {std:.2g}" if count > 1 else f"{mean:.4g}"
+        text = format_number(mean) + (f" ± {format_number(std, 2)}" if count > 1 else "")
         return text if count == total else f"{text} ({count}/{total} runs)"
     if isinstance(value, list):
         return ", ".join(format_cell(v) for v in value)

@@ -16,8 +16,7 @@ from research import report, sweep, sweep_runner
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/regression/configs/linear_synthetic.py")
 GRID = "learning_rate=0.05,0.1 seed=0,1"
-FINISHED = ("learning_rate=0.05_seed=0", "learning_rate=0.05_seed=1", "learning_rate=0.1_seed=0")
-OCCUPIED = "learning_rate=0.1_seed=1"  # a file where its workdir should be: launch refuses it
+FINISHED = tuple(f"learning_rate={lr}_seed={seed}" for lr in ("0.05", "0.1") for seed in (0, 1))
 
 
 def sweep_command(root, data_dir, *extra) -> list[str]:
@@ -38,9 +37,9 @@ def sweep_command(root, data_dir, *extra) -> list[str]:
     ]
 
 
-def run_sweep(root, data_dir) -> subprocess.CompletedProcess:
+def run_sweep(root, data_dir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
-        sweep_command(root, data_dir),
+        sweep_command(root, data_dir, *extra),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -52,7 +51,6 @@ def run_sweep(root, data_dir) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def sweep_root(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("sweep")
-    (root / OCCUPIED).write_text("not a workdir\n")
     result = run_sweep(root, data_dir)
     return root, result
 
@@ -139,15 +137,13 @@ def test_parallel_points_get_disjoint_cores_and_thread_pools_of_their_size(monke
     assert sweep_runner.device_shares(2) == ["0,1", "2,3"]
 
 
-def test_sweep_runs_every_point_and_records_a_failure_without_stopping(sweep_root):
+def test_sweep_runs_every_point_as_a_launch_of_its_values(sweep_root):
     root, result = sweep_root
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 0, result.stderr
     record = json.loads((root / "sweep.json").read_text())
     assert record["grid"] == {"learning_rate": [0.05, 0.1], "seed": [0, 1]}
     statuses = {point["name"]: point["status"] for point in record["points"]}
-    assert statuses == {**dict.fromkeys(FINISHED, "finished"), OCCUPIED: "failed"}
-    failed = next(point for point in record["points"] if point["name"] == OCCUPIED)
-    assert failed["error"] == f"error: --workdir={root / OCCUPIED} is a file; pass a folder path."
+    assert statuses == dict.fromkeys(FINISHED, "finished")
     for name in FINISHED:
         config = json.loads((root / name / "config.json").read_text())
         values = next(point["values"] for point in record["points"] if point["name"] == name)
@@ -206,7 +202,7 @@ def test_report_shows_every_run_with_the_numbers_of_its_summary(sweep_root, tmp_
     with open(tmp_path / "groups.csv") as file:
         groups = {row["learning_rate"]: row for row in csv.DictReader(file)}
     seeds = [summaries[name]["test"]["mse"] for name in FINISHED[:2]]
-    assert groups["0.05"]["seeds"] == "2" and groups["0.1"]["seeds"] == "1"
+    assert groups["0.05"]["seeds"] == groups["0.1"]["seeds"] == "2"
     assert float(groups["0.05"]["test mse mean"]) == statistics.fmean(seeds)
     assert float(groups["0.05"]["test mse std"]) == statistics.stdev(seeds)
 
@@ -214,31 +210,87 @@ def test_report_shows_every_run_with_the_numbers_of_its_summary(sweep_root, tmp_
     assert "http" not in page and page.count("src='data:image/png;base64,") == 2
     for name, summary in summaries.items():
         assert f"<td>{name}</td>" in page
-        assert f"<td>{summary['test']['mse']:.4g}</td>" in page
-    mean_cell = f"<td>{statistics.fmean(seeds):.4g} ± {statistics.stdev(seeds):.2g}</td>"
+        assert f"<td>{report.format_number(summary['test']['mse'])}</td>" in page
+    mean, std = statistics.fmean(seeds), statistics.stdev(seeds)
+    mean_cell = f"<td>{report.format_number(mean)} ± {report.format_number(std, 2)}</td>"
     assert mean_cell in page
-    assert f"| {OCCUPIED} | failed |" in (tmp_path / "report.md").read_text()
 
 
-def test_rerun_skips_finished_points_and_resumes_an_interrupted_one(sweep_root, data_dir):
+def test_rerun_skips_a_finished_point_and_resumes_an_interrupted_one(sweep_root, data_dir):
     root, _ = sweep_root
     interrupted = root / FINISHED[1]
     uninterrupted = json.loads((interrupted / "summary.json").read_text())
     # As if killed after its step-10 checkpoint: no summary, no later checkpoint.
     (interrupted / "summary.json").unlink()
     shutil.rmtree(interrupted / "checkpoints" / "20")
-    skipped = root / FINISHED[0] / "metrics.jsonl"
-    skipped_mtime = skipped.stat().st_mtime_ns
+    finished = root / FINISHED[0] / "metrics.jsonl"
+    finished_mtime = finished.stat().st_mtime_ns
 
-    result = run_sweep(root, data_dir)
-    assert result.returncode == 1, result.stderr
-    statuses = {
-        p["name"]: p["status"] for p in json.loads((root / "sweep.json").read_text())["points"]
-    }
-    assert statuses == {**dict.fromkeys(FINISHED, "finished"), OCCUPIED: "failed"}
-    assert skipped.stat().st_mtime_ns == skipped_mtime
-    assert f"{FINISHED[0]}:" not in result.stdout  # not launched at all
+    # One point per process, as a cluster array job runs them.
+    for index in (0, 1):
+        result = run_sweep(root, data_dir, f"--point={index}")
+        assert result.returncode == 0, result.stderr
+    assert finished.stat().st_mtime_ns == finished_mtime  # not launched again
     resumed = json.loads((interrupted / "summary.json").read_text())
     assert resumed["params_sha256"] == uninterrupted["params_sha256"]
     log = (root / "logs" / f"{FINISHED[1]}.log").read_text()
     assert "Restored the checkpoint of step 10 " in log  # resumed, not started again
+    statuses = [p["status"] for p in json.loads((root / "sweep.json").read_text())["points"]]
+    assert statuses == ["finished"] * 4
+
+
+# A stand-in for launch.py: records its cores and thread pool size, then finishes (writes the
+# config and a summary), fails, or stops after a checkpoint (exits 0 without a summary).
+STAND_IN = """
+import json, os, sys, time
+workdir, outcome = sys.argv[1], sys.argv[2]
+os.makedirs(workdir, exist_ok=True)
+with open(os.path.join(os.path.dirname(workdir), "probe.jsonl"), "a") as file:
+    probe = {"name": os.path.basename(workdir), "cores": sorted(os.sched_getaffinity(0)),
+             "threads": os.environ["OMP_NUM_THREADS"], "start": time.time()}
+    time.sleep(0.3)
+    file.write(json.dumps({**probe, "end": time.time()}) + "\\n")
+json.dump({"a": 1}, open(os.path.join(workdir, "config.json"), "w"))
+if outcome == "finish":
+    json.dump({}, open(os.path.join(workdir, "summary.json"), "w"))
+if outcome == "fail":
+    sys.exit("error: the data is missing; prepare it first.")
+"""
+
+
+def test_points_run_in_parallel_on_their_cores_and_a_failure_stops_no_other(tmp_path):
+    outcomes = ("finish", "fail", "stop", "finish")
+    points = [
+        {"name": f"p{i}", "values": {}, "config": {"a": 1},
+         "command": [sys.executable, "-c", STAND_IN, str(tmp_path / f"p{i}"), outcome]}
+        for i, outcome in enumerate(outcomes)
+    ]  # fmt: skip
+    planned = {"config": "c", "overrides": [], "grid": {}, "points": points}
+    record = sweep_runner.Record(str(tmp_path))
+    record.start(planned)
+    counts = sweep_runner.run_all(sweep_runner.Runner(str(tmp_path), record), planned, 2)
+    assert counts == {"finished": 2, "failed": 1, "interrupted": 1}
+    recorded = {p["name"]: p for p in json.loads((tmp_path / "sweep.json").read_text())["points"]}
+    assert recorded["p1"]["error"] == "error: the data is missing; prepare it first."
+    assert [recorded[f"p{i}"]["status"] for i in range(4)] == [
+        "finished", "failed", "interrupted", "finished"]  # fmt: skip
+    assert report.unfinished_points([str(tmp_path)])[0] == {
+        "point": "p1", "status": "failed", "error": recorded["p1"]["error"]}  # fmt: skip
+
+    probes = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
+    shares = sweep_runner.core_shares(2)
+    assert all(p["cores"] in shares and p["threads"] == str(len(p["cores"])) for p in probes)
+    first = next(p for p in probes if p["name"] == "p0")
+    assert all(p["start"] >= first["end"] for p in probes if p is not first)  # p0 ran alone
+    if len(os.sched_getaffinity(0)) >= 2:  # points running at once hold different cores
+        for a in probes:
+            for b in probes:
+                if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
+                    assert not set(a["cores"]) & set(b["cores"])
+
+    counts = sweep_runner.run_all(sweep_runner.Runner(str(tmp_path), record), planned, 2)
+    assert counts == {"finished": 2, "failed": 1, "interrupted": 1}
+    rerun = [
+        json.loads(line)["name"] for line in (tmp_path / "probe.jsonl").read_text().splitlines()
+    ]
+    assert sorted(rerun[len(probes) :]) == ["p1", "p2"]  # finished points are not run again
