@@ -216,11 +216,16 @@ def _run(argv: list[str]) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("Stopped; run the same command again to resume the sweep.", file=sys.stderr)
+        sys.exit(130)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         remaining = FLAGS(argv)
+        if FLAGS.config is None:
+            raise ValueError("--config is required: --config=experiments/<task>/configs/<name>.py")
         FLAGS.config.keys()  # the config file is loaded (and may fail) on first access
     except Exception as error:  # config_flags raises several types for bad input
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)

@@ -63,7 +63,7 @@ class Record:
             existing = self.read()
             if existing is not None:
                 for key in ("config", "overrides", "grid"):
-                    if existing[key] != planned[key]:
+                    if existing[key] != json.loads(json.dumps(planned[key])):  # tuples: lists
                         raise SweepError(
                             f"{self.path} describes another sweep ({key} differs: "
                             f"{existing[key]} there); choose a new --root or the same flags."
@@ -179,6 +179,8 @@ class Runner:
             )
             with self._guard:
                 self._children.add(child)
+                if self.stopping:  # the signal came while this child was starting
+                    child.send_signal(signal.SIGTERM)
             if cores is not None and not shutil.which("taskset"):
                 os.sched_setaffinity(child.pid, cores)
             self.record.update(index, pid=child.pid)
@@ -215,12 +217,16 @@ def run_all(runner: Runner, planned: dict, parallel: int) -> dict[str, int]:
 
     outcomes: list[str] = []
     order = list(range(len(points)))
-    # Until one point has finished, one runs alone: it prepares the data (and fills the
-    # compilation cache) that the others then share instead of preparing it at once.
-    if parallel > 1 and not any(
-        is_finished(os.path.join(runner.root, p["name"]), p["config"]) for p in points
-    ):
-        outcomes.append(in_slot(order.pop(0)))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        outcomes += list(pool.map(in_slot, order))
+    try:
+        # Until one point has finished, one runs alone: it prepares the data (and fills the
+        # compilation cache) that the others then share instead of preparing it at once.
+        if parallel > 1 and not any(
+            is_finished(os.path.join(runner.root, p["name"]), p["config"]) for p in points
+        ):
+            outcomes.append(in_slot(order.pop(0)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            outcomes += list(pool.map(in_slot, order))
+    except KeyboardInterrupt:  # Ctrl-C reached the children too: they checkpoint and stop
+        runner.stopping = True  # points not yet started stay pending
+        raise
     return {status: outcomes.count(status) for status in sorted(set(outcomes))}

@@ -27,7 +27,7 @@ def sweep_command(root, data_dir, *extra) -> list[str]:
         f"--config={CONFIG}",
         f"--root={root}",
         f"--grid={GRID}",
-        "--parallel=2",
+        "--parallel=3",  # on two cores: one runs alone, then three share them
         f"--config.data_dir={data_dir}",
         "--config.num_train_steps=20",
         "--config.eval_every_steps=10",
