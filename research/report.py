@@ -132,11 +132,18 @@ def time_to_target(records: list[dict], split: str, metric: str, target: float) 
     return None
 
 
+def _config_text(value: Any) -> str | None:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return None if value is None else str(value)
+
+
 def run_row(run: dict, keys: list[str], split: str, metric: str, targets: dict) -> dict:
     """One run's cells: varying config, final metrics, best, times to target, timings."""
     summary = run["summary"] or {}
     row: dict[str, Any] = {"run": run["name"]}
-    row.update({key: run["config"].get(key) for key in keys})
+    # Config values as written (0.003, not a measurement's 0.003000).
+    row.update({key: _config_text(run["config"].get(key)) for key in keys})
     finals = final_metrics(run["summary"])
     row.update({f"{s} {m}": v for (s, m), v in finals.items() if s != "train"})
     found = best(run["records"], split, metric)
@@ -224,7 +231,8 @@ def to_markdown(rows: list[dict]) -> str:
 
 def to_html_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(c for row in rows for c in row))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    # Headers may wrap at underscores too (closed_form_mse), so no column is wider than its data.
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in columns)
     body = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(format_cell(row.get(c)))}</td>" for c in columns)

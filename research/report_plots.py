@@ -130,6 +130,9 @@ def _final_vs_swept(runs: list[dict], swept: list[str], split: str, metric: str,
         )
         if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
             axis.set_xscale("log")
+        finals = [y for _, y in points]
+        if finals and report.lower_is_better(metric) and 0 < 10 * min(finals) <= max(finals):
+            axis.set_yscale("log")
         if not numeric:
             axis.set_xticks(range(len(labels)), [label.strip("'") for label in labels])
         axis.set_xlabel(key)
