@@ -163,6 +163,7 @@ class Runner:
         workdir = os.path.join(self.root, point["name"])
         if is_finished(workdir, point["config"]):
             self.record.update(index, status="finished")
+            print(f"{point['name']}: finished before, skipped", flush=True)
             return "finished"
         if self.stopping:
             return "pending"

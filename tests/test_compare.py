@@ -226,11 +226,13 @@ def test_rerun_skips_a_finished_point_and_resumes_an_interrupted_one(sweep_root,
     finished = root / FINISHED[0] / "metrics.jsonl"
     finished_mtime = finished.stat().st_mtime_ns
 
-    # One point per process, as a cluster array job runs them.
-    for index in (0, 1):
-        result = run_sweep(root, data_dir, f"--point={index}")
-        assert result.returncode == 0, result.stderr
+    result = run_sweep(root, data_dir)
+    assert result.returncode == 0, result.stderr
     assert finished.stat().st_mtime_ns == finished_mtime  # not launched again
+    assert sorted(result.stdout.splitlines()[:4]) == sorted(
+        [f"{FINISHED[1]}: finished"]
+        + [f"{name}: finished before, skipped" for name in FINISHED if name != FINISHED[1]]
+    )
     resumed = json.loads((interrupted / "summary.json").read_text())
     assert resumed["params_sha256"] == uninterrupted["params_sha256"]
     log = (root / "logs" / f"{FINISHED[1]}.log").read_text()
