@@ -143,3 +143,17 @@ def sync_hosts(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def wait_for_processes(name: str, timeout_s: float = 600.0) -> None:
+    """Waits until every process reaches this point, through the coordination service.
+
+    Unlike `sync_hosts` this uses no collective: the first collective builds the CPU (gloo)
+    context, which gives up after 30 s, so a host still preparing data (or importing
+    TensorFlow) that much later than the others would end the run. Meeting here first keeps
+    the hosts within moments of each other. A no-op with one process.
+    """
+    if process_count() > 1:
+        from jax._src import distributed  # the client of jax.distributed.initialize
+
+        distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))

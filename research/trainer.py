@@ -131,6 +131,8 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
             os.replace(incoming, artifacts)
         logging.warning("--overwrite removed the earlier run's %s.", ", ".join(removed))
 
+    # Hosts prepare data at different speeds; they meet before their first collective.
+    parallel.wait_for_processes("prepared")
     checkpointer = checkpoints.Checkpointer(
         os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
     )
@@ -159,6 +161,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         ),
         donate_argnums=(0,),
     )
+    parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(
         config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
         writer, checkpointer, lock, start_time,

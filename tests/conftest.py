@@ -1,6 +1,35 @@
 """Shared fixtures; the helpers tests import live in tests/helpers.py."""
 
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# Many tests compile the same small programs again (two runs compared, a run resumed in a
+# subprocess, one config per host). XLA compilation dominates their time on a CPU, so the
+# session shares jax's persistent compilation cache; subprocesses inherit it through the
+# environment. The compiled programs are the same either way: only the waiting goes away.
+_CACHE_VARIABLES = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+_session_cache_dir = None
+
+
+def pytest_configure(config) -> None:
+    global _session_cache_dir
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # the caller chose a cache (or set it empty to turn caching off)
+    _session_cache_dir = tempfile.mkdtemp(prefix="jax_compilation_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _session_cache_dir
+    for name, value in _CACHE_VARIABLES.items():
+        os.environ.setdefault(name, value)
+
+
+def pytest_unconfigure(config) -> None:
+    if _session_cache_dir is not None:
+        shutil.rmtree(_session_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
