@@ -7,17 +7,18 @@ the launch and is left where it is. Only a checkpoint whose bytes cannot be read
 damaged later) is moved aside, and the previous one is restored.
 """
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Mapping
 
-import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from research import parallel
+from research import parallel, parameters
 from research.errors import UserError
 from research.steps import TrainState
 
@@ -208,13 +209,28 @@ def restore_state(directory: str, step: int, like: TrainState) -> TrainState:
         )
 
 
-def restore_model_from(directory: str, like: TrainState) -> tuple[TrainState, int]:
+@dataclasses.dataclass
+class InitializedFrom:
+    """What `restore_model_from` did with each array (paths within their collection)."""
+
+    step: int
+    restored: list[str]
+    reinitialized: list[str]  # matched by the `reinitialize` patterns: fresh
+    absent: list[str]  # not in the other run: fresh
+    unused: list[str]  # in the other run, not in this model
+
+
+def restore_model_from(
+    directory: str, like: TrainState, reinitialize: tuple[str, ...] = ()
+) -> tuple[TrainState, InitializedFrom]:
     """`like` with the parameters and model state of the newest checkpoint in `directory`.
 
-    Opens `directory` read-only: nothing there is created, moved or written. The optimizer
-    state is not read, so the other run may have used another optimizer. Raises
-    `CheckpointError` when there is no checkpoint and `CheckpointMismatchError` when it holds
-    another model.
+    Arrays are matched by path; those whose path within its collection ("Dense_1/kernel",
+    "BatchNorm_0/mean") a `reinitialize` pattern matches, and those the checkpoint lacks, keep
+    their values in `like`. Opens `directory` read-only: nothing there is created, moved or
+    written. The optimizer state is not read, so the other run may have used another optimizer.
+    Raises `CheckpointError` when there is no checkpoint and `CheckpointMismatchError` naming
+    the first other array whose shape differs.
     """
     steps = saved_steps(directory)
     if not steps:
@@ -231,23 +247,60 @@ def restore_model_from(directory: str, like: TrainState) -> tuple[TrainState, in
             for path, shape in _metadata_shapes(saved_tree).items()
             if path.split("/")[0] in wanted
         }
-        mismatch = _first_mismatch(saved, expected_shapes(wanted))
-        if mismatch:
-            raise CheckpointMismatchError(
-                f"The checkpoint of step {step} in {directory} holds another model ({mismatch}); "
-                "pass --init_from a run of this model's architecture."
-            )
+        expected = expected_shapes(wanted)
+        report, fresh = InitializedFrom(step, [], [], [], []), set()
+        for path, shape in expected.items():
+            name = _shown(path)
+            if parameters.matches(reinitialize, _within_collection(path)):
+                report.reinitialized.append(name)
+                fresh.add(path)
+            elif path not in saved:
+                report.absent.append(name)
+                fresh.add(path)
+            elif saved[path] != shape:
+                raise CheckpointMismatchError(
+                    f"--init_from={os.path.dirname(directory)}: {name} is {saved[path]} in "
+                    f"its checkpoint of step {step} but {shape} in this model; add a pattern "
+                    "matching it to config.init.reinitialize to initialize it fresh, or pass "
+                    "--init_from a run of this architecture."
+                )
+            else:
+                report.restored.append(name)
+        report.unused = [_shown(path) for path in saved if path not in expected]
         abstract = jax.tree.map(
             lambda metadata: jax.ShapeDtypeStruct(metadata.shape, metadata.dtype), saved_tree
         )
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     finally:
         manager.close()
-    params = flax.serialization.from_state_dict(like.params, restored["params"])
-    model_state = flax.serialization.from_state_dict(
-        like.model_state, restored.get("model_state", {})
-    )
-    return like.replace(params=params, model_state=model_state), step
+
+    def take(collection):
+        def value(key_path, leaf):
+            path = f"{collection}/{parameters.path_name(key_path)}"
+            if path in fresh:
+                return leaf
+            source = restored
+            for name in path.split("/"):
+                source = source[name]
+            return jnp.asarray(source, dtype=leaf.dtype)
+
+        return value
+
+    params = jax.tree_util.tree_map_with_path(take("params"), like.params)
+    model_state = jax.tree_util.tree_map_with_path(take("model_state"), like.model_state)
+    return like.replace(params=params, model_state=model_state), report
+
+
+def _within_collection(path: str) -> str:
+    """What patterns match: 'Dense_1/kernel' for params/Dense_1/kernel, 'BatchNorm_0/mean'
+    for model_state/batch_stats/BatchNorm_0/mean."""
+    parts = path.split("/")
+    return "/".join(parts[1:] if parts[0] == "params" else parts[2:])
+
+
+def _shown(path: str) -> str:
+    """What the log shows: 'Dense_1/kernel', 'batch_stats/BatchNorm_0/mean'."""
+    return path.split("/", 1)[1]
 
 
 def average_of_last(directory: str, count: int, like: TrainState) -> tuple[TrainState, list[int]]:

@@ -1,10 +1,11 @@
 """Checks a resolved experiment config before anything is compiled or written."""
 
 import math
+import re
 
 import ml_collections
 
-from research import optimizers
+from research import optimizers, parameters
 from research.errors import UserError
 
 # Every experiment config has these keys, with these types.
@@ -132,6 +133,74 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             "config.decay_boundaries must be fractions of num_train_steps between 0 and 1; "
             "set them like --config.decay_boundaries='(0.5, 0.75)'."
         )
+    _check_pattern_syntax(config)
+
+
+def _patterns(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """{key: its regular expressions} of the keys that select parameters by path."""
+    init = config.get("init") or {}
+    return {
+        "frozen": tuple(config.get("frozen", ())),
+        "init.reinitialize": tuple(init.get("reinitialize", ())),
+        "learning_rate_multipliers": tuple(
+            pair[0] if isinstance(pair, list | tuple) and pair else pair
+            for pair in config.get("learning_rate_multipliers", ())
+        ),
+    }
+
+
+def _check_pattern_syntax(config: ml_collections.ConfigDict) -> None:
+    for pair in config.get("learning_rate_multipliers", ()):
+        valid = isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], str)
+        factor = pair[1] if valid else None
+        if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
+            raise ConfigError(
+                f"config.learning_rate_multipliers holds {pair!r}; give (regular expression, "
+                "positive factor) pairs like --config.learning_rate_multipliers="
+                "'((\"Dense_1/.*\", 10.0),)' (use config.frozen for a factor of 0)."
+            )
+    for key, patterns in _patterns(config).items():
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as error:
+                raise ConfigError(
+                    f"config.{key} holds {pattern!r}, which is not a regular expression "
+                    f"({error}); fix it, for example 'Dense_1/.*'."
+                ) from None
+
+
+def check_parameter_patterns(config: ml_collections.ConfigDict, params, model_state) -> None:
+    """Refuses a pattern that matches no parameter and a parameter two settings claim.
+
+    Patterns match whole paths within a collection: "Dense_1/kernel" for a parameter,
+    "BatchNorm_0/mean" for the `batch_stats` entry of that layer (`init.reinitialize` only).
+    """
+    names = parameters.paths(params)
+    state_names = [path.split("/", 1)[-1] for path in parameters.paths(model_state)]
+    patterns = _patterns(config)
+    for key, selected in patterns.items():
+        candidates = names + state_names if key == "init.reinitialize" else names
+        for pattern in selected:
+            if not any(re.fullmatch(pattern, name) for name in candidates):
+                shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+                raise ConfigError(
+                    f"config.{key} holds {pattern!r}, which matches no parameter of this model "
+                    f"(its parameters are {shown}); fix or remove the pattern."
+                )
+    for name in names:
+        frozen = parameters.first_match(patterns["frozen"], name)
+        claims = [f"config.frozen {frozen!r}"] if frozen is not None else []
+        claims += [
+            f"config.learning_rate_multipliers {pattern!r}"
+            for pattern in patterns["learning_rate_multipliers"]
+            if re.fullmatch(pattern, name)
+        ]
+        if len(claims) > 1:
+            raise ConfigError(
+                f"Parameter {name} is matched by both {claims[0]} and {claims[1]}; change the "
+                "patterns so that each parameter is frozen or given one factor."
+            )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -158,4 +227,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.average_last_checkpoints = 0  # > 1: also evaluate the mean of the last N checkpoints
     config.data_dir = "~/tensorflow_datasets"
+    # Regular expressions over parameter paths such as "Dense_1/kernel" (fine-tuning, README).
+    config.frozen = ()  # these parameters receive no updates and keep no optimizer state
+    config.learning_rate_multipliers = ()  # ((pattern, factor), ...): factor x learning rate
+    config.init = ml_collections.ConfigDict()
+    config.init.reinitialize = ()  # with --init_from: initialized fresh, not restored
     return config

@@ -1,11 +1,16 @@
-"""Optimizers and learning-rate schedules from a config, all through optax."""
+"""Optimizers and learning-rate schedules from a config, all through optax; frozen parameters
+and per-parameter learning-rate multipliers select parameters by regular expressions over paths.
+"""
 
 import jax
 import ml_collections
 import optax
 
+from research import parameters
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad")
 SCHEDULES = ("constant", "warmup_cosine", "step")
+FROZEN = "frozen"  # the group of parameters that receive no updates
 
 
 def effective_warmup_steps(config: ml_collections.ConfigDict) -> int:
@@ -57,9 +62,9 @@ def _is_matrix(params):
     return jax.tree.map(lambda leaf: leaf.ndim > 1, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """`config.optimizer` with the schedule, `weight_decay` and `grad_clip_norm` (0 = off)."""
-    learning_rate = create_learning_rate_schedule(config)
+def _base_optimizer(
+    config: ml_collections.ConfigDict, learning_rate
+) -> optax.GradientTransformation:
     name = config.optimizer
     weight_decay = config.get("weight_decay", 0.0)
     momentum = config.get("momentum", 0.9)
@@ -79,9 +84,73 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     else:
         assert name == "adagrad", name
         optimizer = optax.adagrad(learning_rate)
+    return optimizer
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """`config.optimizer` with the schedule, `weight_decay` and `grad_clip_norm` (0 = off).
+
+    With `config.frozen` or `config.learning_rate_multipliers`, an `optax.multi_transform`
+    gives each group of parameters its own copy of the optimizer (the learning rate times the
+    group's factor) and frozen parameters `set_to_zero`, which keeps no state for them. Clipping
+    uses the global norm of the gradients of the parameters that train.
+    """
+    schedule = create_learning_rate_schedule(config)
+    weight_decay = config.get("weight_decay", 0.0)
     chain = []
     if config.get("grad_clip_norm", 0.0) > 0:
-        chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    if weight_decay > 0 and name != "adamw":  # coupled L2, as in classic SGD weight decay
+        clip = optax.clip_by_global_norm(config.grad_clip_norm)
+        chain.append(optax.masked(clip, _trains(config)) if config.get("frozen") else clip)
+    if weight_decay > 0 and config.optimizer != "adamw":  # coupled L2, as in classic SGD
         chain.append(optax.add_decayed_weights(weight_decay, mask=_is_matrix))
-    return optax.chain(*chain, optimizer)
+    if not config.get("frozen") and not config.get("learning_rate_multipliers"):
+        return optax.chain(*chain, _base_optimizer(config, schedule))
+    transforms = {FROZEN: optax.set_to_zero()}
+    for factor in {1.0, *(factor for _, factor in multipliers(config))}:
+        scaled = schedule if factor == 1.0 else _scaled(schedule, factor)
+        transforms[_group_label(factor)] = _base_optimizer(config, scaled)
+    labels = lambda params: parameter_groups(config, params)  # noqa: E731
+    return optax.chain(*chain, optax.multi_transform(transforms, labels))
+
+
+def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
+    return lambda step: schedule(step) * factor
+
+
+def _trains(config: ml_collections.ConfigDict):
+    """The mask of the parameters that are not frozen."""
+    return lambda params: jax.tree.map(
+        lambda group: group != FROZEN, parameter_groups(config, params)
+    )
+
+
+def _group_label(factor: float) -> str:
+    return f"learning_rate_x{factor!r}"
+
+
+def multipliers(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+    """`config.learning_rate_multipliers` as (regular expression, factor) pairs."""
+    return [
+        (str(pattern), float(factor))
+        for pattern, factor in config.get("learning_rate_multipliers", ())
+    ]
+
+
+def parameter_groups(config: ml_collections.ConfigDict, params):
+    """A tree like `params` naming each parameter's group: frozen, or its learning-rate factor.
+
+    A parameter whose path `config.frozen` matches is frozen; otherwise the pattern of
+    `config.learning_rate_multipliers` that matches it gives its factor (1 when none does).
+    `research.config.check_parameter_patterns` refuses patterns that overlap.
+    """
+    frozen = tuple(config.get("frozen", ()))
+    factors = dict(multipliers(config))
+
+    def group(path, _):
+        name = parameters.path_name(path)
+        if parameters.matches(frozen, name):
+            return FROZEN
+        pattern = parameters.first_match(factors, name)
+        return _group_label(1.0 if pattern is None else factors[pattern])
+
+    return jax.tree_util.tree_map_with_path(group, params)

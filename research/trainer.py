@@ -20,7 +20,7 @@ from absl import logging
 
 from research import checkpoints, data, evaluation, optimizers, parallel, preemption, steps
 from research import workdir as workdir_lib
-from research.config import ConfigError, validate
+from research.config import ConfigError, check_parameter_patterns, validate
 from research.errors import UserError
 from research.task import Task
 
@@ -123,8 +123,9 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     example_batch = {key: value[:1] for key, value in dataset.train.items()}
     state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
+    check_parameter_patterns(config, state.params, state.model_state)
     if init_from:
-        state = _initialize_from(init_from, state)
+        state = _initialize_from(init_from, state, tuple(config.init.reinitialize))
     if replacing:  # the new run is ready: only now does the old one go
         removed = workdir_lib.remove_run(workdir)
         if os.path.isdir(incoming):
@@ -168,8 +169,11 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     )  # fmt: skip
 
 
-def _initialize_from(other_workdir: str, state: steps.TrainState) -> steps.TrainState:
-    """A fresh state (step 0, new optimizer state) with the parameters of another run.
+def _initialize_from(
+    other_workdir: str, state: steps.TrainState, reinitialize: tuple[str, ...]
+) -> steps.TrainState:
+    """A fresh state (step 0, new optimizer state) with the parameters of another run, except
+    those `reinitialize` matches and those the other run lacks, which keep their fresh values.
 
     The other run is opened read-only: nothing there is created, moved or written.
     """
@@ -179,8 +183,19 @@ def _initialize_from(other_workdir: str, state: steps.TrainState) -> steps.Train
             f"--init_from={other_workdir} holds no checkpoints folder; pass the workdir of a "
             "run that saved a checkpoint."
         )
-    state, step = checkpoints.restore_model_from(directory, state)
-    logging.info("Initialized the parameters from %s (step %d).", other_workdir, step)
+    state, report = checkpoints.restore_model_from(directory, state, reinitialize)
+    logging.info(
+        "Initialized from %s (step %d): restored %d arrays (%s); initialized fresh by "
+        "config.init.reinitialize: %d (%s).",
+        other_workdir, report.step, len(report.restored), ", ".join(report.restored),
+        len(report.reinitialized), ", ".join(report.reinitialized) or "none",
+    )  # fmt: skip
+    if report.absent:
+        logging.warning(
+            "Absent from %s, so initialized fresh: %s.", other_workdir, ", ".join(report.absent)
+        )
+    if report.unused:
+        logging.info("Not used from %s: %s.", other_workdir, ", ".join(report.unused))
     return state
 
 

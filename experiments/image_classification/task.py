@@ -1,8 +1,9 @@
 """Image classification: inputs -> one of `num_classes` labels, trained with cross-entropy.
 
 Datasets: MNIST-1D (generated locally), and tfds's mnist, fashion_mnist and cifar10 when
-prepared in `config.data_dir`. Models: `config.model.name` is mlp, cnn or resnet. With
-`config.loss = "binary_cross_entropy"` each example has several 0/1 labels (`multi_label.py`).
+prepared in `config.data_dir`, optionally restricted to some classes and examples per class.
+Models: `config.model.name` is mlp, cnn or resnet. With `config.loss = "binary_cross_entropy"`
+each example has several 0/1 labels (`multi_label.py`).
 """
 
 import functools
@@ -30,7 +31,9 @@ LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
-    """Inputs as float32 standardized per channel by the training split's statistics."""
+    """Inputs as float32 standardized per channel by the training split's statistics; with
+    `config.classes` only those classes (relabelled 0..k-1), with
+    `config.train_examples_per_class` only the first N training examples of each."""
     del artifacts_dir  # nothing is learned from the data besides these statistics
     if config.dataset not in DATASETS:
         raise ConfigError(
@@ -38,6 +41,12 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             f"choose one of {', '.join(DATASETS)}."
         )
     builder_class, input_key, eval_splits, num_classes = DATASETS[config.dataset]
+    classes = _checked_classes(config, num_classes)
+    per_class = config.get("train_examples_per_class", 0)
+    if per_class < 0:
+        raise ConfigError(
+            f"config.train_examples_per_class is {per_class}; set it to 0 (all) or more."
+        )
     splits = {
         split: data.load_tfds_arrays(config.dataset, split, config.data_dir, builder_class)
         for split in ("train", *eval_splits)
@@ -49,19 +58,64 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             for split, arrays in splits.items()
         }
         train_inputs = splits["train"][input_key]
+    # Statistics of every training image (labels unused), so that runs on different class
+    # subsets of one dataset (pretraining, fine-tuning) see their inputs scaled alike.
     channel_axes = tuple(range(train_inputs.ndim - 1))
     mean = train_inputs.mean(axis=channel_axes, dtype=np.float64)
     std = train_inputs.std(axis=channel_axes, dtype=np.float64)
+    relabel = np.zeros(num_classes, np.int64)
+    relabel[classes] = np.arange(len(classes))
 
-    def prepare(arrays):
-        inputs = ((arrays[input_key] - mean) / std).astype(np.float32)
-        return {"inputs": inputs, "label": arrays["label"].astype(np.int32)}
+    def prepare(arrays, cap=0):
+        chosen = select_classes(arrays["label"], classes, cap)
+        inputs = ((arrays[input_key][chosen] - mean) / std).astype(np.float32)
+        labels = relabel[arrays["label"][chosen]].astype(np.int32)
+        return {"inputs": inputs, "label": labels}
 
+    _check_examples_per_class(splits["train"]["label"], classes, per_class)
     return data.Dataset(
-        train=prepare(splits["train"]),
+        train=prepare(splits["train"], per_class),
         eval_splits={split: prepare(splits[split]) for split in eval_splits},
-        info={"num_classes": num_classes},
+        info={"num_classes": len(classes)},
     )
+
+
+def select_classes(labels: np.ndarray, classes: np.ndarray, per_class: int = 0) -> np.ndarray:
+    """Indices `[n]` (in split order) of the examples whose label `[examples]` is one of
+    `classes` `[k]`; with `per_class` > 0 only the first `per_class` of each class."""
+    chosen = np.flatnonzero(np.isin(labels, classes))
+    if per_class:
+        keep = np.zeros(len(chosen), bool)
+        for label in classes:
+            keep[np.flatnonzero(labels[chosen] == label)[:per_class]] = True
+        chosen = chosen[keep]
+    return chosen
+
+
+def _checked_classes(config: ml_collections.ConfigDict, num_classes: int) -> np.ndarray:
+    """`config.classes` (all when empty) as an array `[k]`: label classes[i] becomes i."""
+    classes = tuple(config.get("classes", ())) or tuple(range(num_classes))
+    valid = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+    if (
+        not valid
+        or len(set(classes)) != len(classes)
+        or not set(classes) <= set(range(num_classes))
+    ):
+        raise ConfigError(
+            f"config.classes={classes} must be distinct labels of {config.dataset} "
+            f"(0 to {num_classes - 1}); set it like --config.classes='(5, 6, 7, 8, 9)'."
+        )
+    return np.asarray(classes)
+
+
+def _check_examples_per_class(labels: np.ndarray, classes: np.ndarray, per_class: int) -> None:
+    for label in classes:
+        available = int(np.sum(labels == label))
+        if per_class > available:
+            raise ConfigError(
+                f"config.train_examples_per_class={per_class} but class {label} has only "
+                f"{available} training examples; set it to {available} or fewer."
+            )
 
 
 def create_model(config: ml_collections.ConfigDict, info: dict):

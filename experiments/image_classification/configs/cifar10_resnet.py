@@ -9,6 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.task = "image_classification"
     config.dataset = "cifar10"
+    config.classes = ()  # a subset of the labels: label classes[i] becomes i; () for all
+    config.train_examples_per_class = 0  # the first N training examples of each class; 0: all
     config.model = ml_collections.ConfigDict(
         {"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64}
     )

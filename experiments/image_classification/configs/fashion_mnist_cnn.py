@@ -9,6 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.task = "image_classification"
     config.dataset = "fashion_mnist"
+    config.classes = ()  # a subset of the labels: label classes[i] becomes i; () for all
+    config.train_examples_per_class = 0  # the first N training examples of each class; 0: all
     config.model = ml_collections.ConfigDict(
         {
             "name": "cnn",
