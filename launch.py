@@ -200,17 +200,19 @@ def main(argv: list[str]) -> None:
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
     try:
+        init_from = FLAGS.init_from
         if FLAGS.reproduce:
             reproduce.check_finished(FLAGS.reproduce)
             config = reproduce.load_config(FLAGS.reproduce)
             workdir = FLAGS.workdir or f"{FLAGS.reproduce.rstrip('/')}-reproduced"
+            init_from = init_from or reproduce.initialized_from(FLAGS.reproduce)
         else:
             config = FLAGS.config
             workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
         task = experiments.get_task(config)
         logging.info("Workdir: %s", os.path.abspath(workdir))
         trainer.train_and_evaluate(
-            config, workdir, task, init_from=FLAGS.init_from, overwrite=FLAGS.overwrite
+            config, workdir, task, init_from=init_from, overwrite=FLAGS.overwrite
         )
         if FLAGS.reproduce:
             report = reproduce.compare(FLAGS.reproduce, workdir)

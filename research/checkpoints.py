@@ -21,6 +21,7 @@ from absl import logging
 from research import parallel, parameters
 from research.errors import UserError
 from research.steps import TrainState
+from research.workdir import params_sha256
 
 CORRUPT_DIR = "corrupt_checkpoints"
 ITEM = "default"  # the folder orbax gives a single saved item inside a step's folder
@@ -218,6 +219,7 @@ class InitializedFrom:
     reinitialized: list[str]  # matched by the `reinitialize` patterns: fresh
     absent: list[str]  # not in the other run: fresh
     unused: list[str]  # in the other run, not in this model
+    params_sha256: str = ""  # of the other run's parameters, as in its summary.json
 
 
 def restore_model_from(
@@ -273,6 +275,7 @@ def restore_model_from(
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     finally:
         manager.close()
+    report.params_sha256 = params_sha256(restored["params"])
 
     def take(collection):
         def value(key_path, leaf):

@@ -20,6 +20,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(file))
 
 
+def initialized_from(workdir: str) -> str | None:
+    """The workdir whose parameters the run started from (--init_from), if any."""
+    return (workdir_lib.read_run(workdir).get("initialized_from") or {}).get("workdir")
+
+
 def check_finished(workdir: str) -> None:
     """Refuses, before any training, to reproduce a run that has no summary yet."""
     _summary(workdir)

@@ -124,8 +124,9 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     example_batch = {key: value[:1] for key, value in dataset.train.items()}
     state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
     check_parameter_patterns(config, state.params, state.model_state)
+    initialized_from = None
     if init_from:
-        state = _initialize_from(init_from, state, tuple(config.init.reinitialize))
+        state, initialized_from = _initialize_from(init_from, state, config.init.reinitialize)
     if replacing:  # the new run is ready: only now does the old one go
         removed = workdir_lib.remove_run(workdir)
         if os.path.isdir(incoming):
@@ -143,7 +144,12 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     writer = workdir_lib.Writer(workdir, start_time)
     start_time -= writer.keep_records_until(int(state.step))  # the clock runs on over restarts
     writer.write_config(config)
-    writer.write_run(workdir_lib.run_record(data.fingerprint(dataset)))
+    record = workdir_lib.run_record(data.fingerprint(dataset))
+    if restored is not None:  # a resumed run keeps what its first launch started from
+        initialized_from = workdir_lib.read_run(workdir).get("initialized_from")
+    if initialized_from:
+        record["initialized_from"] = initialized_from
+    writer.write_run(record)
 
     boundaries = tuple(config.get("bucket_boundaries", ()))
     train_buckets = None
@@ -170,10 +176,11 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
 
 
 def _initialize_from(
-    other_workdir: str, state: steps.TrainState, reinitialize: tuple[str, ...]
-) -> steps.TrainState:
+    other_workdir: str, state: steps.TrainState, reinitialize
+) -> tuple[steps.TrainState, dict]:
     """A fresh state (step 0, new optimizer state) with the parameters of another run, except
-    those `reinitialize` matches and those the other run lacks, which keep their fresh values.
+    those `reinitialize` matches and those the other run lacks, which keep their fresh values;
+    and the record of it for run.json.
 
     The other run is opened read-only: nothing there is created, moved or written.
     """
@@ -183,7 +190,7 @@ def _initialize_from(
             f"--init_from={other_workdir} holds no checkpoints folder; pass the workdir of a "
             "run that saved a checkpoint."
         )
-    state, report = checkpoints.restore_model_from(directory, state, reinitialize)
+    state, report = checkpoints.restore_model_from(directory, state, tuple(reinitialize))
     logging.info(
         "Initialized from %s (step %d): restored %d arrays (%s); initialized fresh by "
         "config.init.reinitialize: %d (%s).",
@@ -196,7 +203,9 @@ def _initialize_from(
         )
     if report.unused:
         logging.info("Not used from %s: %s.", other_workdir, ", ".join(report.unused))
-    return state
+    record = {"workdir": os.path.abspath(other_workdir), "step": report.step}
+    record["params_sha256"] = report.params_sha256
+    return state, {**record, "reinitialized": report.reinitialized, "absent": report.absent}
 
 
 class Interval:

@@ -91,6 +91,15 @@ def run_record(data_fingerprint: str) -> dict[str, Any]:
     }
 
 
+def read_run(workdir: str) -> dict[str, Any]:
+    """The run record (`run.json`) of `workdir`; {} when there is none."""
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as file:
+        return json.load(file)
+
+
 def check_usable(workdir: str) -> None:
     """Refuses a workdir path that is a file or that cannot be written, before any work."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):

@@ -2,8 +2,10 @@
 start fresh, config.frozen parameters never change, learning-rate multipliers act like
 separate optimizers, and class subsets select the data they name."""
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +17,7 @@ import experiments
 from experiments.image_classification import task as image_task
 from research import checkpoints, optimizers, trainer
 from research import config as config_lib
+from research import workdir as workdir_lib
 from research.config import ConfigError, base_config
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
@@ -100,9 +103,18 @@ def test_fine_tuning_restores_by_path_reinitializes_and_freezes(
         assert final[name].tobytes() == initial[name].tobytes()
     for name in ("Dense_1/kernel", "Dense_2/kernel", "Dense_3/kernel"):
         assert not np.array_equal(final[name], initial[name])
-    # Resuming restores the partitioned optimizer state (a finished run is evaluated again).
+    # Resuming restores the partitioned optimizer state (a finished run is evaluated again),
+    # and run.json keeps what the run started from.
     resumed = trainer.train_and_evaluate(config, str(tmp_path / "tuned"), task)
     assert resumed["params_sha256"] == summary["params_sha256"]
+    source_summary = json.loads((Path(source_run) / "summary.json").read_text())
+    assert workdir_lib.read_run(tmp_path / "tuned")["initialized_from"] == {
+        "workdir": source_run,
+        "step": 4,
+        "params_sha256": source_summary["params_sha256"],
+        "reinitialized": ["Dense_2/bias", "Dense_2/kernel"],
+        "absent": ["Dense_3/bias", "Dense_3/kernel"],
+    }
     assert _tree_snapshot(source_run) == before_source  # the source run is only read
 
 
