@@ -38,17 +38,10 @@ class CheckpointMismatchError(CheckpointError):
 Shapes = dict[str, tuple[int, ...]]
 
 
-def _path_name(key) -> str:
-    for attribute in ("key", "idx", "name"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
 def expected_shapes(tree) -> Shapes:
     """{"params/encoder/kernel": shape} for every array leaf of a state or parameter tree."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_path_name(k) for k in path): tuple(np.shape(leaf)) for path, leaf in leaves}
+    return {parameters.path_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
 
 
 def _metadata_shapes(tree, prefix: str = "") -> Shapes:

@@ -150,6 +150,16 @@ def _patterns(config: ml_collections.ConfigDict) -> dict[str, tuple]:
 
 
 def _check_pattern_syntax(config: ml_collections.ConfigDict) -> None:
+    init = config.get("init") or {}
+    for key, value in (
+        ("frozen", config.get("frozen")),
+        ("init.reinitialize", init.get("reinitialize")),
+    ):
+        if isinstance(value, str):
+            raise ConfigError(
+                f"config.{key} is the string {value!r}; make it a tuple of regular "
+                f"expressions, like --config.{key}='(\"{value}\",)'."
+            )
     for pair in config.get("learning_rate_multipliers", ()):
         valid = isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], str)
         factor = pair[1] if valid else None

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -151,18 +152,19 @@ def test_a_pattern_that_matches_no_parameter_stops_the_launch(data_dir, tmp_path
     "changes, words",
     [
         ({"frozen": ("(",)}, "config.frozen holds '(', which is not a regular expression"),
+        ({"frozen": "Conv_.*"}, "config.frozen is the string 'Conv_.*'; make it a tuple"),
         ({"init.reinitialize": ("a[",)}, "config.init.reinitialize holds 'a['"),
         ({"learning_rate_multipliers": (("a/.*", 0.0),)}, "holds ('a/.*', 0.0); give"),
         ({"learning_rate_multipliers": ("a/.*",)}, "holds 'a/.*'; give (regular expression"),
     ],
 )
 def test_bad_parameter_patterns_are_refused_before_anything_runs(changes, words):
-    config = base_config()
-    config.task = "regression"
+    values = {**base_config().to_dict(), "task": "regression"}
     for key, value in changes.items():
         *parents, leaf = key.split(".")
-        (config[parents[0]] if parents else config)[leaf] = value
-    with pytest.raises(ConfigError, match=None) as error:
+        (values[parents[0]] if parents else values)[leaf] = value
+    config = ml_collections.ConfigDict(values)  # any type allowed, as from a config.json
+    with pytest.raises(ConfigError) as error:
         config_lib.validate(config, device_count=1)
     assert words in str(error.value) and str(error.value).count(". ") == 0
 
