@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import experiments
+from experiments.image_classification import multi_label
 from experiments.image_classification import task as image_task
 from research import checkpoints, optimizers, trainer
 from research import config as config_lib
@@ -274,6 +275,13 @@ def test_class_subset_keeps_the_first_examples_of_each_class_relabelled(data_dir
     np.testing.assert_array_equal(subset.eval_splits["test"]["inputs"],
                                   everything.eval_splits["test"]["inputs"][kept])  # fmt: skip
     assert subset.info == {"num_classes": 2}
+    # Multi-label targets still describe the original digits (7: >= 5, odd, not in 0689).
+    config = _mlp_config(data_dir, (16,), classes=(7, 2), train_examples_per_class=5)
+    config.loss, config.labels = "binary_cross_entropy", "digit_attributes"
+    attributes = multi_label.load_data(config, "").train["label"]
+    np.testing.assert_array_equal(
+        attributes, [[1, 0, 0] if c == 7 else [0, 1, 0] for c in labels[expected]]
+    )
     with pytest.raises(ConfigError, match=r"config.classes=\(3, 10\) must be distinct labels"):
         load(classes=(3, 10))
     with pytest.raises(ConfigError, match="train_examples_per_class=9999 but class 1 has only"):

@@ -55,7 +55,14 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
     """The single-label data with each class replaced by its row of 0/1 labels."""
     classes_of_label = label_set(config)
     dataset = single_label.load_data(config, artifacts_dir)
-    relabel = lambda arrays: {**arrays, "label": label_matrix(arrays["label"], classes_of_label)}
+    # With config.classes the single-label data numbers the chosen classes 0..k-1: undo that.
+    original = np.asarray(
+        config.get("classes", ()) or range(single_label.DATASETS[config.dataset][3])
+    )
+    relabel = lambda arrays: {
+        **arrays,
+        "label": label_matrix(original[arrays["label"]], classes_of_label),
+    }
     eval_splits = {split: relabel(arrays) for split, arrays in dataset.eval_splits.items()}
     return data.Dataset(
         train=relabel(dataset.train),
