@@ -10,7 +10,7 @@ import ml_collections
 from research.config import ConfigError
 from research.task import Task
 
-TASKS = ("regression", "image_classification", "seq2seq")
+TASKS = ("regression", "image_classification", "seq2seq", "language_modeling")
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:

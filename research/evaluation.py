@@ -48,6 +48,7 @@ class Evaluator:
         self, model, task: Task, dataset: data.Dataset, batch_size: int, writer, boundaries=()
     ):
         self.task, self.dataset, self.batch_size, self.writer = task, dataset, batch_size, writer
+        self.model = model
         self.buckets = {
             split: data.length_buckets(arrays, task.sequence_keys, boundaries)
             for split, arrays in dataset.eval_splits.items()
@@ -85,6 +86,11 @@ class Evaluator:
                     self.details[split + suffix] = details
             results[split + suffix] = {**metrics, **self.reference.get(split, {})}
             self.writer.write_metrics(step, split + suffix, results[split + suffix])
+        if self.task.samples is not None:
+            state = parallel.unreplicate(p_state)
+            variables = {"params": state.params, **state.model_state}
+            samples = self.task.samples(self.model, variables, self.dataset.evaluation_context)
+            self.writer.write_examples(step, "samples" + suffix, samples)
         logging.info(
             "step %d eval: %s",
             step,

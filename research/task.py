@@ -44,6 +44,9 @@ class Task:
     score_predictions: with `predict`: (split, predictions `[examples, ...]` in split order,
         `dataset.evaluation_context`) -> (metrics, details); details may hold "examples" (a few
         dicts to show) and other JSON values recorded in summary.json.
+    samples: optional (model, variables, `dataset.evaluation_context`) -> a few dicts (for
+        example generated text), computed on the host after each evaluation and written to
+        examples.jsonl as split "samples".
     sequence_keys: batch entries `[batch, length]` of token ids padded with 0 at the end;
         with `config.bucket_boundaries` the trainer groups examples by their length and pads
         each batch only to the boundary its longest row needs (`data.LengthBuckets`).
@@ -60,6 +63,7 @@ class Task:
     score_predictions: Callable[[str, Any, Any], tuple[dict[str, float], dict[str, Any]]] | None = (
         None
     )
+    samples: Callable[[nn.Module, dict, Any], list[dict]] | None = None
     sequence_keys: tuple[str, ...] = ()
 
     def summarize_checked(self, sums: dict[str, float]) -> dict[str, float]:
