@@ -100,10 +100,17 @@ def generate(
 
 def generate_without_cache(model, params, prompts, *, max_new_tokens: int) -> jax.Array:
     """Greedy continuations computed the slow way, the whole prefix again for every token
-    (the reference the cached `generate` must equal): `[batch, max_new_tokens]`."""
+    (the reference the cached `generate` must equal): `[batch, max_new_tokens]`.
+
+    The sequences live in one buffer of the final length; causal attention makes the logits
+    at a position independent of the (zero) positions after it, so one compilation serves.
+    """
+    batch_size, prompt_length = prompts.shape
     apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens, train=False))
-    sequences = prompts
-    for _ in range(max_new_tokens):
-        token = sample_logits(apply(sequences)[:, -1], None, Sampling(temperature=0.0))
-        sequences = jnp.concatenate([sequences, token[:, None].astype(sequences.dtype)], axis=1)
-    return sequences[:, prompts.shape[1] :]
+    sequences = jnp.zeros((batch_size, prompt_length + max_new_tokens), prompts.dtype)
+    sequences = sequences.at[:, :prompt_length].set(prompts)
+    for length in range(prompt_length, prompt_length + max_new_tokens):
+        logits = apply(sequences)[:, length - 1]
+        token = sample_logits(logits, None, Sampling(temperature=0.0))
+        sequences = sequences.at[:, length].set(token.astype(sequences.dtype))
+    return sequences[:, prompt_length:]

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     # Sized for about 15 minutes on two shared CPU cores; evaluated once, at the end.
-    config.num_train_steps = 600
-    config.eval_every_steps = 600
+    config.num_train_steps = 400
+    config.eval_every_steps = 400
     config.checkpoint_every_steps = 200
     return config
