@@ -117,6 +117,8 @@ def test_cached_generation_equals_recomputing_the_prefix_and_is_seeded(model):
     )
     recomputed = generation.generate_without_cache(model, params, prompts, max_new_tokens=8)
     np.testing.assert_array_equal(cached, recomputed)
+    if not isinstance(model, LSTMLM):
+        return  # one model shows that sampling is a function of the seed (the code is shared)
     sampling = generation.Sampling(temperature=1.5, top_k=10, top_p=0.95)
     draw = lambda seed: generation.generate(
         model, params, prompts, jax.random.PRNGKey(seed), max_new_tokens=8, sampling=sampling
@@ -191,7 +193,7 @@ def test_lstm_on_sentencepiece_and_fine_tuning_with_the_pretrained_tokenizer(tmp
     folder = write_text_folder(tmp_path / "text", gzip_test=False)
     config = load_config(
         os.path.join(CONFIGS, "lstm_char.py"),
-        data_dir=str(folder), **SHORT_RUN, **{
+        data_dir=str(folder), **{**SHORT_RUN,
             "tokenizer.type": "sentencepiece", "tokenizer.vocab_size": 40,
             "tokenizer.cache_dir": str(tmp_path / "cache"), "model.embedding_size": 8,
             "model.hidden_size": 8, "model.num_layers": 1, "eval_splits": ("test",),

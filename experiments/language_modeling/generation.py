@@ -106,11 +106,16 @@ def generate_without_cache(model, params, prompts, *, max_new_tokens: int) -> ja
     at a position independent of the (zero) positions after it, so one compilation serves.
     """
     batch_size, prompt_length = prompts.shape
-    apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens, train=False))
+
+    @jax.jit
+    def extend(sequences, length):
+        logits = model.apply({"params": params}, sequences, train=False)
+        last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)
+        token = sample_logits(last, None, Sampling(temperature=0.0)).astype(sequences.dtype)
+        return jax.lax.dynamic_update_slice(sequences, token[:, None], (0, length))
+
     sequences = jnp.zeros((batch_size, prompt_length + max_new_tokens), prompts.dtype)
     sequences = sequences.at[:, :prompt_length].set(prompts)
     for length in range(prompt_length, prompt_length + max_new_tokens):
-        logits = apply(sequences)[:, length - 1]
-        token = sample_logits(logits, None, Sampling(temperature=0.0))
-        sequences = sequences.at[:, length].set(token.astype(sequences.dtype))
+        sequences = extend(sequences, length)
     return sequences[:, prompt_length:]
