@@ -31,7 +31,7 @@ POSITIVE_INTEGERS = (
     "eval_batch_size",
     "keep_checkpoints",
 )
-NON_NEGATIVE_INTEGERS = ("seed", "warmup_steps", "average_last_checkpoints")
+NON_NEGATIVE_INTEGERS = ("seed", "warmup_steps", "average_last_checkpoints", "input_workers")
 # Numbers that must lie in [low, high] (None: unbounded); every number must be finite.
 RANGES = {
     "weight_decay": (0.0, None),
@@ -242,4 +242,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.learning_rate_multipliers = ()  # ((pattern, factor), ...): factor x learning rate
     config.init = ml_collections.ConfigDict()
     config.init.reinitialize = ()  # with --init_from: initialized fresh, not restored
+    # "memory": splits as numpy arrays; "grain": training batches read from ArrayRecord files
+    # by `input_workers` Grain processes; "auto": grain only for a split too large to load.
+    config.input_pipeline = "auto"
+    config.input_workers = 2
     return config

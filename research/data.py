@@ -44,6 +44,8 @@ class Dataset:
 
 
 def num_examples(arrays: Arrays) -> int:
+    if not isinstance(arrays, dict):  # a split read on demand (research/streaming.py)
+        return len(arrays)
     sizes = {len(value) for value in arrays.values()}
     assert len(sizes) == 1, f"arrays of different lengths: {sizes}"
     return sizes.pop()
@@ -54,6 +56,9 @@ def fingerprint(dataset: Dataset) -> str:
     digest = hashlib.sha256()
     splits = {"train": dataset.train, **dataset.eval_splits}
     for split in sorted(splits):
+        if not isinstance(splits[split], dict):  # streamed: too large to hash, its files named
+            digest.update(f"{split}/{splits[split].description}".encode())
+            continue
         for key in sorted(splits[split]):
             array = np.ascontiguousarray(splits[split][key])
             digest.update(f"{split}/{key}/{array.dtype}/{array.shape}".encode())
@@ -128,6 +133,8 @@ def padded_length(buckets: LengthBuckets, indices: np.ndarray) -> int:
 
 def _take(arrays: Arrays, indices: np.ndarray, buckets: LengthBuckets | None, length: int):
     """Rows `indices` of every array, sequences cut to `length` when bucketed."""
+    if not isinstance(arrays, dict):  # a streamed split reads and prepares its rows
+        return arrays.take(indices)
     rows = {key: value[indices] for key, value in arrays.items()}
     if buckets is not None:
         for key in buckets.keys:
@@ -245,6 +252,8 @@ def load_tfds_arrays(
         builder.download_and_prepare()
     else:
         builder = tfds.builder(name, data_dir=data_dir)
+    if str(getattr(builder.info.file_format, "value", "")) == "array_record":
+        return _read_array_record(builder, split)
     try:
         # Batches of a fixed size, concatenated: batch_size=-1 needs the split's size, which
         # tfds.testing.mock_data does not know.
@@ -257,3 +266,15 @@ def load_tfds_arrays(
         ) from error
     batches = list(tfds.as_numpy(dataset))
     return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+
+
+def _read_array_record(builder, split: str) -> Arrays:
+    """A split prepared as ArrayRecord (random access, no tf.data) read whole."""
+    source = builder.as_data_source(split=split)
+    rows = [source[i] for i in range(len(source))]
+    return {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
+
+
+def rows_of(arrays: Arrays, indices: np.ndarray) -> Arrays:
+    """Rows `indices` of in-memory arrays or of a streamed split: `[len(indices), ...]`."""
+    return _take(arrays, indices, None, 0)

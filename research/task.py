@@ -50,6 +50,8 @@ class Task:
     sequence_keys: batch entries `[batch, length]` of token ids padded with 0 at the end;
         with `config.bucket_boundaries` the trainer groups examples by their length and pads
         each batch only to the boundary its longest row needs (`data.LengthBuckets`).
+    image_keys: batch entries `[batch, height, width, channels]` that `config.augmentation`
+        may crop and flip (research/augmentation.py).
     """
 
     load_data: Callable[[str], data.Dataset]
@@ -65,6 +67,7 @@ class Task:
     )
     samples: Callable[[nn.Module, dict, Any], list[dict]] | None = None
     sequence_keys: tuple[str, ...] = ()
+    image_keys: tuple[str, ...] = ()
 
     def summarize_checked(self, sums: dict[str, float]) -> dict[str, float]:
         """`summarize`, with the one entry the trainer relies on checked."""

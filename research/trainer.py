@@ -18,7 +18,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import checkpoints, data, evaluation, optimizers, parallel, preemption, steps
+from research import augmentation as augmentation_lib
+from research import (
+    checkpoints,
+    data,
+    evaluation,
+    optimizers,
+    parallel,
+    preemption,
+    steps,
+    streaming,
+)
 from research import workdir as workdir_lib
 from research.config import ConfigError, check_parameter_patterns, validate
 from research.errors import UserError
@@ -53,15 +63,26 @@ class Run:
     checkpointer: checkpoints.Checkpointer
     lock: workdir_lib.Lock
     start_time: float
+    augmentation: augmentation_lib.Augmentation | None = None
+    train_stream: streaming.Stream | None = None  # with a streamed training split
 
     def train_batch(self, step: int) -> data.Arrays:
+        """This host's rows of the global batch at `step`, from either input path."""
+        if self.train_stream is not None:
+            return self.train_stream.batch(step)
         config = self.config
-        return data.train_batch(
+        batch = data.train_batch(
             self.dataset.train, config.batch_size, config.seed, step, self.train_buckets
+        )
+        rows = parallel.host_slice(config.batch_size)
+        return augmentation_lib.augment(
+            batch, self.augmentation, config.batch_size, config.seed, step, rows
         )
 
     def close(self) -> None:
         """Finishes checkpoint writes in flight (also after an error) and frees the workdir."""
+        if self.train_stream is not None:
+            self.train_stream.close()
         self.checkpointer.close()
         self.writer.close()
         self.lock.release()
@@ -72,6 +93,11 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise ConfigError(
             f"config.data_dir={config.data_dir} is a file; set --config.data_dir to a folder."
+        )
+    if streaming.check_pipeline(config) == "grain" and tuple(config.get("bucket_boundaries", ())):
+        raise ConfigError(
+            "config.bucket_boundaries needs the in-memory input pipeline; set "
+            "--config.input_pipeline=memory or --config.bucket_boundaries='()'."
         )
     if tuple(config.get("bucket_boundaries", ())) and not task.sequence_keys:
         raise ConfigError(
@@ -118,10 +144,17 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
     incoming = os.path.join(workdir, INCOMING_ARTIFACTS)
     dataset = task.load_data(incoming if replacing else artifacts)
+    if config.get("input_pipeline") == "grain" and isinstance(dataset.train, dict):
+        raise ConfigError(
+            f"Task '{config.task}' reads its data into memory only; set "
+            "--config.input_pipeline=memory."
+        )
     model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    example_batch = {key: value[:1] for key, value in dataset.train.items()}
+    example_batch = data.rows_of(dataset.train, np.arange(1))
+    augmentation = augmentation_lib.from_config(config, task.image_keys)
+    augmentation_lib.augment(example_batch, augmentation, 1, config.seed, 0, slice(0, 1))
     state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
     check_parameter_patterns(config, state.params, state.model_state)
     initialized_from = None
@@ -152,8 +185,11 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     writer.write_run(record)
 
     boundaries = tuple(config.get("bucket_boundaries", ()))
-    train_buckets = None
-    if boundaries:
+    train_buckets = train_stream = None
+    if not isinstance(dataset.train, dict):  # streamed from ArrayRecord files by Grain
+        workers = config.get("input_workers", 2)
+        train_stream = streaming.stream(dataset.train, config, augmentation, workers)
+    elif boundaries:
         train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
     eval_batch_size = config.get("eval_batch_size", config.batch_size)
     evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, boundaries)
@@ -171,7 +207,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(
         config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
-        writer, checkpointer, lock, start_time,
+        writer, checkpointer, lock, start_time, augmentation, train_stream,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ each example has several 0/1 labels (`multi_label.py`).
 """
 
 import functools
+import os
 
 import jax.numpy as jnp
 import ml_collections
@@ -15,7 +16,7 @@ import optax
 
 from experiments.image_classification import datasets
 from experiments.image_classification.models import cnn, mlp, resnet
-from research import data
+from research import data, streaming
 from research.config import ConfigError
 from research.task import Task, model_from_config
 
@@ -28,6 +29,61 @@ DATASETS = {
 }
 MODELS = {"mlp": mlp.MLP, "cnn": cnn.CNN, "resnet": resnet.ResNet}
 LOSSES = ("cross_entropy", "binary_cross_entropy")
+
+
+def _standardize(arrays: data.Arrays, *, input_key: str, mean, std) -> data.Arrays:
+    """Raw rows -> {"inputs": float32 standardized `[rows, ..., channels]`, "label": int32}.
+
+    Runs on whole splits (memory) or on each batch in Grain's workers (streaming): the same
+    element-wise arithmetic, so both give the same bits.
+    """
+    inputs = arrays[input_key]
+    if inputs.ndim == 2:  # a 1-D signal gets a channel axis: [rows, length, 1]
+        inputs = inputs[..., None]
+    inputs = ((inputs - mean) / std).astype(np.float32)
+    return {"inputs": inputs, "label": arrays["label"].astype(np.int32)}
+
+
+def _statistics(read_inputs, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of the training inputs, in float64.
+
+    `read_inputs(start, stop)` gives raw inputs `[rows, ...]`; both input paths read the same
+    fixed chunks, so the sums (and the normalized inputs) are identical.
+    """
+    total = squares = values = 0.0
+    for start in range(0, count, streaming.ROWS_PER_READ):
+        inputs = read_inputs(start, min(start + streaming.ROWS_PER_READ, count))
+        inputs = (inputs[..., None] if inputs.ndim == 2 else inputs).astype(np.float64)
+        axes = tuple(range(inputs.ndim - 1))
+        total = total + inputs.sum(axis=axes)
+        squares = squares + (inputs * inputs).sum(axis=axes)
+        values += inputs.size // inputs.shape[-1]
+    mean = total / values
+    return mean, np.sqrt(squares / values - mean * mean)
+
+
+def _builder(config, builder_class, pipeline: str):
+    """The tfds builder of the dataset (embedded ones write ArrayRecord for Grain)."""
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.expanduser(config.data_dir)
+    if builder_class is not None:
+        file_format = "array_record" if pipeline == "grain" else None
+        return builder_class(
+            data_dir=data_dir, **({"file_format": file_format} if file_format else {})
+        )
+    return tfds.builder(config.dataset, data_dir=data_dir)
+
+
+def _pipeline(config, builder, input_key: str) -> str:
+    """The configured input pipeline; "auto" streams a prepared train split too large to load."""
+    requested = streaming.check_pipeline(config)
+    splits = builder.info.splits if builder.is_prepared() else {}
+    if requested == "auto" and "train" not in splits:
+        return "memory"  # not prepared: embedded data is small, and a missing one is reported
+    shape = builder.info.features[input_key].shape
+    prepared_bytes = splits["train"].num_examples * int(np.prod(shape)) * 4 if splits else 0
+    return streaming.choose_pipeline(requested, f"{config.dataset}'s train split", prepared_bytes)
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
@@ -47,30 +103,46 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
         raise ConfigError(
             f"config.train_examples_per_class is {per_class}; set it to 0 (all) or more."
         )
+    # One builder: tfds fixes a builder class's file format at its first construction.
+    builder = _builder(config, builder_class, streaming.check_pipeline(config))
+    if _pipeline(config, builder, input_key) == "grain":
+        if len(classes) != num_classes or per_class:
+            raise ConfigError(
+                "config.classes and config.train_examples_per_class need the in-memory input "
+                "pipeline; set --config.input_pipeline=memory."
+            )
+        if builder_class is not None:
+            builder.download_and_prepare()
+        sources = {
+            split: streaming.tfds_source(builder, split) for split in ("train", *eval_splits)
+        }
+        raw = streaming.StreamingSplit(sources["train"], None, "")
+        mean, std = _statistics(lambda a, b: raw.raw(range(a, b))[input_key], len(raw))
+        prepare = functools.partial(_standardize, input_key=input_key, mean=mean, std=std)
+        splits = {
+            split: streaming.StreamingSplit(source, prepare, streaming.description(builder, split))
+            for split, source in sources.items()
+        }
+        eval_arrays = {split: splits[split] for split in eval_splits}
+        info = {"num_classes": num_classes}
+        return data.Dataset(train=splits["train"], eval_splits=eval_arrays, info=info)
     splits = {
         split: data.load_tfds_arrays(config.dataset, split, config.data_dir, builder_class)
         for split in ("train", *eval_splits)
     }
     train_inputs = splits["train"][input_key]
-    if train_inputs.ndim == 2:  # a 1-D signal gets a channel axis: [batch, length, 1]
-        splits = {
-            split: {**arrays, input_key: arrays[input_key][..., None]}
-            for split, arrays in splits.items()
-        }
-        train_inputs = splits["train"][input_key]
     # Statistics of every training image (labels unused), so that runs on different class
     # subsets of one dataset (pretraining, fine-tuning) see their inputs scaled alike.
-    channel_axes = tuple(range(train_inputs.ndim - 1))
-    mean = train_inputs.mean(axis=channel_axes, dtype=np.float64)
-    std = train_inputs.std(axis=channel_axes, dtype=np.float64)
+    mean, std = _statistics(lambda a, b: train_inputs[a:b], len(train_inputs))
     relabel = np.zeros(num_classes, np.int64)
     relabel[classes] = np.arange(len(classes))
 
     def prepare(arrays, cap=0):
         chosen = select_classes(arrays["label"], classes, cap)
-        inputs = ((arrays[input_key][chosen] - mean) / std).astype(np.float32)
-        labels = relabel[arrays["label"][chosen]].astype(np.int32)
-        return {"inputs": inputs, "label": labels}
+        rows = {key: value[chosen] for key, value in arrays.items()}
+        prepared = _standardize(rows, input_key=input_key, mean=mean, std=std)
+        prepared["label"] = relabel[rows["label"]].astype(np.int32)
+        return prepared
 
     _check_examples_per_class(splits["train"]["label"], classes, per_class)
     return data.Dataset(
@@ -177,4 +249,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
         loss=loss,
         metric_sums=metric_sums,
         summarize=summarize,
+        image_keys=("inputs",),
     )

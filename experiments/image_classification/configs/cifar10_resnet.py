@@ -1,7 +1,9 @@
-"""ResNet-18 on CIFAR-10 with momentum SGD (needs tfds `cifar10` prepared in data_dir)."""
+"""ResNet-18 on CIFAR-10 with momentum SGD, random crops (4 pixels of padding) and horizontal
+flips (needs tfds `cifar10` prepared in data_dir)."""
 
 import ml_collections
 
+from research import augmentation
 from research.config import base_config
 
 
@@ -14,6 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64}
     )
+    config.augmentation = augmentation.default_config()
+    config.augmentation.crop_padding = 4
+    config.augmentation.horizontal_flip = True
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.optimizer = "nesterov"

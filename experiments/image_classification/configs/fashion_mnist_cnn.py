@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from research import augmentation
 from research.config import base_config
 
 
@@ -21,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dropout_rate": 0.3,
         }
     )
+    config.augmentation = augmentation.default_config()
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.optimizer = "adamw"

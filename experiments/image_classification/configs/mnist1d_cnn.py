@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from research import augmentation
 from research.config import base_config
 
 
@@ -22,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dropout_rate": 0.3,
         }
     )
+    config.augmentation = augmentation.default_config()
     config.batch_size = 100
     config.eval_batch_size = 500
     config.optimizer = "adamw"

@@ -1,0 +1,91 @@
+"""Image augmentation (random crop with padding, horizontal flip) as a pure function of
+(seed, step, example): both input paths call `augment` on a host's rows of a global batch.
+"""
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from research.config import ConfigError
+
+# Mixed into the seed so augmentation draws never coincide with the epoch permutations
+# (seed, epoch) or the bucket orders (seed, epoch, 1) of research/data.py.
+AUGMENTATION_STREAM = 2
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.augmentation` of image configs: off unless a config turns it on."""
+    return ml_collections.ConfigDict({"crop_padding": 0, "horizontal_flip": False})
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What to do to the images under `key`: `[batch, height, width, channels]`."""
+
+    key: str
+    crop_padding: int = 0  # pixels of zero padding on each side before a random crop
+    horizontal_flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.horizontal_flip
+
+
+def from_config(config: ml_collections.ConfigDict, image_keys: tuple[str, ...]):
+    """The config's `Augmentation`, or None when it is off or the config has none."""
+    settings = config.get("augmentation")
+    if settings is None:
+        return None
+    augmentation = Augmentation(
+        "", int(settings.get("crop_padding", 0)), bool(settings.get("horizontal_flip", False))
+    )
+    if augmentation.crop_padding < 0:
+        raise ConfigError(
+            f"config.augmentation.crop_padding is {augmentation.crop_padding}; set it to 0 "
+            "(off) or a number of pixels."
+        )
+    if not augmentation.active:
+        return None
+    if len(image_keys) != 1:
+        raise ConfigError(
+            f"config.augmentation is on but task '{config.task}' has no images to augment; "
+            "set --config.augmentation.crop_padding=0 --config.augmentation.horizontal_flip=False."
+        )
+    return dataclasses.replace(augmentation, key=image_keys[0])
+
+
+def augment(
+    batch: dict[str, np.ndarray],
+    augmentation: Augmentation | None,
+    global_batch_size: int,
+    seed: int,
+    step: int,
+    rows: slice,
+) -> dict[str, np.ndarray]:
+    """`batch` (rows `rows` of the global batch at `step`) with its images cropped and flipped.
+
+    The draws are made for the whole global batch from (seed, step), so an example's
+    augmentation depends on its position in the global batch, not on the host layout.
+    """
+    if augmentation is None:
+        return batch
+    images = batch[augmentation.key]
+    if images.ndim != 4:
+        raise ConfigError(
+            f"config.augmentation needs images [batch, height, width, channels], but "
+            f"'{augmentation.key}' has shape {images.shape[1:]}; turn config.augmentation off."
+        )
+    rng = np.random.default_rng([seed, step, AUGMENTATION_STREAM])
+    padding = augmentation.crop_padding
+    offsets = rng.integers(0, 2 * padding + 1, (global_batch_size, 2))[rows]
+    flips = (rng.random(global_batch_size) < 0.5)[rows]
+    height, width = images.shape[1:3]
+    if padding:
+        padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        images = np.stack(
+            [padded[i, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)]
+        )
+    if augmentation.horizontal_flip:
+        images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    return {**batch, augmentation.key: images}

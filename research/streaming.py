@@ -1,0 +1,204 @@
+"""Training batches read from ArrayRecord files by Grain worker processes, for splits too
+large to hold in memory; batch `s` is the in-memory path's batch `s`, row for row.
+"""
+
+import ctypes
+import dataclasses
+import hashlib
+import os
+import resource
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from absl import flags, logging
+
+from research import augmentation as augmentation_lib
+from research import data, parallel
+from research.config import ConfigError
+
+PIPELINES = ("auto", "memory", "grain")
+# "auto" streams a split whose prepared arrays would take more than this share of the memory
+# the process may still use.
+AUTO_MEMORY_SHARE = 0.5
+ROWS_PER_READ = 4096  # rows read at once when a split is read whole (statistics, small splits)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamingSplit:
+    """A split read on demand: `source[i]` is a raw example (a dict of numpy values).
+
+    `prepare` turns stacked raw rows into the task's arrays (normalizing, casting); it is
+    pickled into Grain's worker processes, so it must be a module-level function or a
+    `functools.partial` of one. `description` names the data for the run's fingerprint.
+    """
+
+    source: Any  # random access: len(), __getitems__(indices) -> [example dicts]
+    prepare: Callable[[data.Arrays], data.Arrays]
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def raw(self, indices) -> data.Arrays:
+        """Raw rows `indices`, stacked: `{feature: [rows, ...]}`."""
+        rows = self.source.__getitems__([int(i) for i in indices])
+        return {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
+
+    def take(self, indices) -> data.Arrays:
+        """Prepared rows `indices`: what the in-memory path's arrays hold at those rows."""
+        return self.prepare(self.raw(indices))
+
+
+def check_pipeline(config) -> str:
+    """`config.input_pipeline`, checked."""
+    pipeline = config.get("input_pipeline", "auto")
+    if pipeline not in PIPELINES:
+        raise ConfigError(
+            f"config.input_pipeline '{pipeline}' is unknown; choose one of {', '.join(PIPELINES)}."
+        )
+    return pipeline
+
+
+def memory_available_bytes() -> int:
+    """What this process may still allocate: free memory, or less under an RLIMIT_DATA."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    limit, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if limit != resource.RLIM_INFINITY:
+        with open("/proc/self/status") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData"))
+        available = min(available, limit - used)
+    return available
+
+
+def choose_pipeline(requested: str, what: str, prepared_bytes: int) -> str:
+    """ "memory" or "grain" for a split whose prepared arrays take `prepared_bytes`; logged."""
+    if requested != "auto":
+        logging.info("Reading %s through the %s input pipeline (config).", what, requested)
+        return requested
+    available = memory_available_bytes()
+    if prepared_bytes > AUTO_MEMORY_SHARE * available:
+        logging.warning(
+            "Reading %s through Grain: its arrays (%.0f MB) would take more than half of the "
+            "%.0f MB this process may still use.",
+            what, prepared_bytes / 2**20, available / 2**20,
+        )  # fmt: skip
+        return "grain"
+    logging.info("Reading %s into memory (%.0f MB).", what, prepared_bytes / 2**20)
+    return "memory"
+
+
+def tfds_source(builder, split: str):
+    """The random-access source of a tfds split prepared as ArrayRecord."""
+    file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+    if file_format != "array_record":
+        raise data.DatasetMissingError(
+            f"Dataset '{builder.name}' in {builder.data_dir} is prepared as {file_format}, which "
+            "Grain cannot read at random; prepare it with file_format='array_record' into "
+            "another --config.data_dir, or set --config.input_pipeline=memory."
+        )
+    return builder.as_data_source(split=split)
+
+
+def read_whole(split: StreamingSplit) -> data.Arrays:
+    """Every prepared row of a split, in order (for small evaluation splits)."""
+    parts = [
+        split.take(range(start, min(start + ROWS_PER_READ, len(split))))
+        for start in range(0, len(split), ROWS_PER_READ)
+    ]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def description(builder, split: str) -> str:
+    """What identifies a prepared split: name, version, size and its files' sizes."""
+    files = sorted(
+        (name, os.path.getsize(os.path.join(builder.data_dir, name)))
+        for name in os.listdir(builder.data_dir)
+        if name.startswith(f"{builder.name}-{split}.")
+    )
+    text = f"{builder.name}/{builder.version}/{split}/{builder.info.splits[split].num_examples}"
+    return text + "/" + hashlib.sha256(repr(files).encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchReader:
+    """Builds this host's rows of the global batch at a step (in a Grain worker process)."""
+
+    split: StreamingSplit
+    global_batch_size: int
+    seed: int
+    rows: slice  # this host's rows of every global batch
+    augmentation: augmentation_lib.Augmentation | None
+
+    def __call__(self, step: int) -> data.Arrays:
+        step = int(step)
+        # The in-memory path's own index function: the two paths cannot drift apart.
+        indices = data.train_batch_indices(len(self.split), self.global_batch_size, self.seed, step)
+        batch = self.split.take(indices[self.rows])
+        return augmentation_lib.augment(
+            batch, self.augmentation, self.global_batch_size, self.seed, step, self.rows
+        )
+
+
+def _end_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker start: die with the training process, even when it is killed with -9."""
+    del worker_index, worker_count
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Stream:
+    """`batch(step)` from a Grain iterator started at a step: its position is the step alone.
+
+    Consecutive steps come from the running iterator (prefetched by `workers` processes); any
+    other step starts a new iterator there, so a resumed run needs no saved iterator state.
+    """
+
+    def __init__(self, reader: BatchReader, num_steps: int, workers: int, prefetch: int = 2):
+        self.reader, self.num_steps, self.workers, self.prefetch = (
+            reader, num_steps, workers, prefetch
+        )  # fmt: skip
+        self._iterator, self._next_step = None, None
+
+    def _start(self, step: int):
+        import grain
+
+        if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; keep their defaults
+            flags.FLAGS.mark_as_parsed()
+        steps = grain.MapDataset.range(step, max(step + 1, self.num_steps))
+        dataset = steps.map(self.reader).to_iter_dataset(
+            grain.ReadOptions(num_threads=0 if self.workers else 1, prefetch_buffer_size=0)
+        )
+        if self.workers:
+            dataset = dataset.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self.workers, per_worker_buffer_size=self.prefetch
+                ),
+                worker_init_fn=_end_with_parent,
+            )
+        return iter(dataset)
+
+    def batch(self, step: int) -> data.Arrays:
+        """This host's rows of the global batch at `step`: `[host_batch, ...]`."""
+        if self._iterator is None or step != self._next_step:
+            self.close()
+            self._iterator = self._start(step)
+        self._next_step = step + 1
+        return next(self._iterator)
+
+    def close(self) -> None:
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()
+        self._iterator = None
+
+
+def stream(split: StreamingSplit, config, augmentation, workers: int) -> Stream:
+    """The training `Stream` of `split` for `config` (batch size, seed, steps)."""
+    reader = BatchReader(
+        split, config.batch_size, config.seed, parallel.host_slice(config.batch_size),
+        augmentation,
+    )  # fmt: skip
+    return Stream(reader, config.num_train_steps, workers)

@@ -1,0 +1,132 @@
+"""Grain over ArrayRecord gives the in-memory path's batches; augmentation is the same on both."""
+
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.image_classification import task as image_task
+from research import augmentation, data, streaming, trainer
+from tests.helpers import REPO_ROOT, load_config, run_experiment
+
+CIFAR_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/cifar10_resnet.py")
+
+
+class TinyImages(data.GeneratedLocally, tfds.core.GeneratorBasedBuilder):
+    """Random 8x8 RGB images (PNG-encoded, as tfds stores real images), labels by brightness."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(num_classes=10),
+        }
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict(features), disable_shuffling=True
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 300), "test": self._generate_examples(1, 50)}
+
+    def _generate_examples(self, seed, count):
+        images = np.random.default_rng(seed).integers(0, 256, (count, 8, 8, 3), dtype=np.uint8)
+        for index, image in enumerate(images):
+            yield index, {"image": image, "label": int(image.mean() * 10 // 256)}
+
+
+@pytest.fixture
+def tiny_images(tmp_path):
+    """A config of the CIFAR-10 ResNet (crops and flips on) reading TinyImages, made small."""
+    entry = (TinyImages, "image", ("test",), 10)
+    with mock.patch.dict(image_task.DATASETS, {"tiny_images": entry}):
+        config = load_config(
+            CIFAR_CONFIG, dataset="tiny_images", batch_size=32, eval_batch_size=50,
+            num_train_steps=12, warmup_steps=2, log_every_steps=4, eval_every_steps=12,
+            checkpoint_every_steps=6, input_workers=1,
+            **{"model.stage_sizes": (1,), "model.width": 4},
+        )  # fmt: skip
+        config.data_dir = str(tmp_path / "data")
+        yield config
+
+
+def _dataset(config, pipeline):
+    config = config.copy_and_resolve_references()
+    config.input_pipeline = pipeline
+    return image_task.load_data(config, "")
+
+
+def test_grain_batches_equal_in_memory_batches_on_any_host_layout(tiny_images):
+    config = tiny_images
+    grain_data = _dataset(config, "grain")  # prepares TinyImages as ArrayRecord
+    memory_data = _dataset(config, "memory")  # reads the same files whole
+    assert isinstance(grain_data.train, streaming.StreamingSplit)
+    np.testing.assert_array_equal(
+        streaming.read_whole(grain_data.eval_splits["test"])["inputs"],
+        memory_data.eval_splits["test"]["inputs"],
+    )
+    crops = augmentation.from_config(config, ("inputs",))
+    assert crops == augmentation.Augmentation("inputs", 4, True)
+
+    def memory_batch(step, rows=slice(0, 32)):
+        batch = data.train_batch(memory_data.train, 32, config.seed, step)
+        return augmentation.augment(batch, crops, 32, config.seed, step, rows)
+
+    stream = streaming.stream(grain_data.train, config, crops, workers=1)
+    try:
+        # Steps 0-11 cross epochs (300 examples, 32 a batch); 5 again: a restart there.
+        for step in [*range(12), 5]:
+            batch, expected = stream.batch(step), memory_batch(step)
+            for key in expected:
+                np.testing.assert_array_equal(batch[key], expected[key])
+    finally:
+        stream.close()
+    # Two hosts read rows 0-15 and 16-31 of the global batch, augmented alike.
+    global_batch = memory_batch(7)["inputs"]
+    for host in range(2):
+        with (
+            mock.patch.object(data.parallel, "process_count", return_value=2),
+            mock.patch.object(data.parallel, "process_index", return_value=host),
+        ):
+            rows = slice(16 * host, 16 * host + 16)
+            reader = streaming.stream(grain_data.train, config, crops, workers=0).reader
+            global_rows = global_batch[rows]
+            np.testing.assert_array_equal(reader(7)["inputs"], global_rows)
+            np.testing.assert_array_equal(memory_batch(7, rows)["inputs"], global_rows)
+
+
+def test_augmentation_crops_and_flips_as_drawn_from_seed_and_step():
+    images = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
+    crops = augmentation.Augmentation("x", crop_padding=1, horizontal_flip=True)
+    out = augmentation.augment({"x": images}, crops, 2, seed=3, step=9, rows=slice(0, 2))["x"]
+    rng = np.random.default_rng([3, 9, augmentation.AUGMENTATION_STREAM])
+    offsets, flips = rng.integers(0, 3, (2, 2)), rng.random(2) < 0.5
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for i in range(2):
+        y, x = offsets[i]
+        expected = padded[i, y : y + 4, x : x + 4]
+        np.testing.assert_array_equal(out[i], expected[:, ::-1] if flips[i] else expected)
+
+
+def test_training_through_grain_ends_with_the_in_memory_parameters(tiny_images, tmp_path):
+    summaries = {}
+    for pipeline in ("grain", "memory"):
+        config = tiny_images.copy_and_resolve_references()
+        config.input_pipeline = pipeline
+        config.input_workers = 0  # Grain in a thread: worker processes are tested above
+        summaries[pipeline] = run_experiment(config, tmp_path / pipeline)
+    assert summaries["grain"]["params_sha256"] == summaries["memory"]["params_sha256"]
+    assert summaries["grain"]["test"] == summaries["memory"]["test"]
+
+
+def test_grain_for_a_task_without_streaming_is_one_sentence(tmp_path, data_dir):
+    config = load_config(
+        os.path.join(REPO_ROOT, "experiments/regression/configs/linear_synthetic.py"),
+        input_pipeline="grain",
+    )
+    config.data_dir = data_dir
+    with pytest.raises(trainer.ConfigError, match="input_pipeline=memory"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
