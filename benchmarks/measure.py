@@ -155,7 +155,7 @@ def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict
     input_s, shard_s, checkpoint_s = [], [], []
     try:
         with (
-            timed_calls(data, "train_batch", input_s),
+            timed_calls(trainer.Run, "train_batch", input_s),  # either input path
             timed_calls(parallel, "shard", shard_s),
             timed_calls(checkpoints.Checkpointer, "save", checkpoint_s),
             timed_calls(checkpoints.Checkpointer, "wait", checkpoint_s),

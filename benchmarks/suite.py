@@ -82,6 +82,12 @@ BENCHMARKS = [
         synthetic=synthetic_images((28, 28, 1)),
     ),
     Benchmark(
+        "fashion_mnist_cnn_grain",
+        "image_classification/configs/fashion_mnist_cnn.py",
+        overrides={"input_pipeline": "grain", "data_dir": "~/tensorflow_datasets_array_record"},
+        note="read through Grain from ArrayRecord (prepare_fashion_mnist --file_format array_record)",
+    ),
+    Benchmark(
         "cifar10_resnet18",
         "image_classification/configs/cifar10_resnet.py",
         quick_overrides={"batch_size": 32},

@@ -22,7 +22,7 @@ PIPELINES = ("auto", "memory", "grain")
 # "auto" streams a split whose prepared arrays would take more than this share of the memory
 # the process may still use.
 AUTO_MEMORY_SHARE = 0.5
-ROWS_PER_READ = 4096  # rows read at once when a split is read whole (statistics, small splits)
+ROWS_PER_READ = 256  # rows read at once when a split is read whole: bounded memory
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -117,10 +117,13 @@ class LocalFashionMnist(FashionMNIST, skip_registration=True):
         ]
 
 
-def prepare_fashion_mnist(data_dir: str, idx_dir: str = DEBIAN_FASHION_MNIST_DIR) -> None:
+def prepare_fashion_mnist(
+    data_dir: str, idx_dir: str = DEBIAN_FASHION_MNIST_DIR, file_format: str = "tfrecord"
+) -> None:
     """Writes tfds' `fashion_mnist` (train 60,000 / test 10,000 images [28, 28, 1]) into data_dir.
 
-    Afterwards `tfds.builder("fashion_mnist", data_dir=data_dir)` loads it without any download.
+    Afterwards `tfds.builder("fashion_mnist", data_dir=data_dir)` loads it without any download;
+    `file_format="array_record"` makes it readable at random (`config.input_pipeline=grain`).
     """
     missing = [
         filename
@@ -141,7 +144,7 @@ def prepare_fashion_mnist(data_dir: str, idx_dir: str = DEBIAN_FASHION_MNIST_DIR
                 open(target, "wb") as destination,
             ):
                 shutil.copyfileobj(source, destination)
-        builder = LocalFashionMnist(raw_dir=raw_dir, data_dir=data_dir)
+        builder = LocalFashionMnist(raw_dir=raw_dir, data_dir=data_dir, file_format=file_format)
         # A throwaway download_dir keeps empty downloads/ folders out of data_dir.
         builder.download_and_prepare(download_dir=os.path.join(raw_dir, "downloads"))
 
@@ -152,9 +155,13 @@ def main() -> None:
     prepare = commands.add_parser("prepare_fashion_mnist", help="Build tfds fashion_mnist offline.")
     prepare.add_argument("--data_dir", required=True, help="tfds data directory to write into.")
     prepare.add_argument("--idx_dir", default=DEBIAN_FASHION_MNIST_DIR, help="IDX .gz directory.")
+    prepare.add_argument(
+        "--file_format", default="tfrecord", choices=("tfrecord", "array_record"),
+        help="array_record: random access for config.input_pipeline=grain.",
+    )  # fmt: skip
     arguments = parser.parse_args()
     start = time.perf_counter()
-    prepare_fashion_mnist(arguments.data_dir, arguments.idx_dir)
+    prepare_fashion_mnist(arguments.data_dir, arguments.idx_dir, arguments.file_format)
     print(f"Prepared fashion_mnist in {arguments.data_dir} ({time.perf_counter() - start:.1f} s).")
 
 
