@@ -85,7 +85,7 @@ BENCHMARKS = [
         "fashion_mnist_cnn_grain",
         "image_classification/configs/fashion_mnist_cnn.py",
         overrides={"input_pipeline": "grain", "data_dir": "~/tensorflow_datasets_array_record"},
-        note="read through Grain from ArrayRecord (prepare_fashion_mnist --file_format array_record)",
+        note="Grain over ArrayRecord (prepare_fashion_mnist --file_format array_record)",
     ),
     Benchmark(
         "cifar10_resnet18",
