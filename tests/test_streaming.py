@@ -1,6 +1,5 @@
 """Grain over ArrayRecord gives the in-memory path's batches; augmentation is the same on both."""
 
-import json
 import os
 from unittest import mock
 
@@ -10,7 +9,6 @@ import tensorflow_datasets as tfds
 
 from experiments.image_classification import task as image_task
 from research import augmentation, data, streaming, trainer
-from tests import helpers
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CIFAR_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/cifar10_resnet.py")
@@ -133,35 +131,3 @@ def test_grain_for_a_task_without_streaming_is_one_sentence(tmp_path, data_dir):
         run_experiment(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
-
-LIMIT_OVERRIDES = {
-    "batch_size": 8, "eval_batch_size": 64, "num_train_steps": 12, "warmup_steps": 2,
-    "log_every_steps": 4, "eval_every_steps": 12, "checkpoint_every_steps": 4,
-    "model.stage_sizes": (1,), "model.width": 4, "input_workers": 1,
-}  # fmt: skip
-HEADROOM_MB = 150  # RLIMIT_DATA above what the process holds after its imports
-
-
-def test_data_larger_than_the_memory_limit_streams_and_resumes_exactly_after_kill_9(tmp_path):
-    from tests import stream_runner
-
-    data_dir = str(tmp_path / "data")
-    stream_runner.LargeImages(data_dir=data_dir, file_format="array_record").download_and_prepare()
-    prepared_bytes = stream_runner.TRAIN_EXAMPLES * np.prod(stream_runner.IMAGE_SHAPE) * 4
-    assert prepared_bytes > 4 * HEADROOM_MB * 2**20
-
-    def run(workdir, kill_at):
-        return helpers.run_module(
-            "tests.stream_runner", json.dumps(LIMIT_OVERRIDES), data_dir, str(tmp_path / workdir),
-            str(HEADROOM_MB), str(kill_at),
-        )  # fmt: skip
-
-    uninterrupted = run("uninterrupted", -1)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    assert "Reading large_images's train split through Grain" in uninterrupted.stderr
-    died = run("interrupted", 7)  # checkpoint at step 4, dies at the batch of step 7
-    assert died.returncode == 137, died.stderr[-3000:]
-    resumed = run("interrupted", -1)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = [json.loads(p.stdout.strip().splitlines()[-1]) for p in (uninterrupted, resumed)]
-    assert final[0]["params_sha256"] == final[1]["params_sha256"]
