@@ -130,4 +130,3 @@ def test_grain_for_a_task_without_streaming_is_one_sentence(tmp_path, data_dir):
     with pytest.raises(trainer.ConfigError, match="input_pipeline=memory"):
         run_experiment(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-
