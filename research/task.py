@@ -52,6 +52,8 @@ class Task:
         each batch only to the boundary its longest row needs (`data.LengthBuckets`).
     image_keys: batch entries `[batch, height, width, channels]` that `config.augmentation`
         may crop and flip (research/augmentation.py).
+    serving: optional () -> the task's serving module (`experiments/<task>/serving.py`, imported
+        only when exporting or serving): `export_spec(...)` and `Codec` (see research/export.py).
     """
 
     load_data: Callable[[str], data.Dataset]
@@ -68,6 +70,7 @@ class Task:
     samples: Callable[[nn.Module, dict, Any], list[dict]] | None = None
     sequence_keys: tuple[str, ...] = ()
     image_keys: tuple[str, ...] = ()
+    serving: Callable[[], Any] | None = None
 
     def summarize_checked(self, sums: dict[str, float]) -> dict[str, float]:
         """`summarize`, with the one entry the trainer relies on checked."""

@@ -8,6 +8,7 @@ each example has several 0/1 labels (`multi_label.py`).
 
 import functools
 import os
+import importlib
 
 import jax.numpy as jnp
 import ml_collections
@@ -148,7 +149,15 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
     return data.Dataset(
         train=prepare(splits["train"], per_class),
         eval_splits={split: prepare(splits[split]) for split in eval_splits},
-        info={"num_classes": len(classes)},
+        info={
+            "num_classes": len(classes),
+            # What an export needs to prepare raw inputs as above and name the classes.
+            "original_classes": [int(c) for c in classes],
+            "input_mean": mean.tolist(),
+            "input_std": std.tolist(),
+            "raw_shape": list(train_inputs.shape[1:]),
+            "raw_dtype": str(train_inputs.dtype),
+        },
     )
 
 
@@ -250,4 +259,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
         metric_sums=metric_sums,
         summarize=summarize,
         image_keys=("inputs",),
+        serving=lambda: importlib.import_module("experiments.image_classification.serving"),
     )

@@ -6,6 +6,7 @@ metrics on the same split beside them (`closed_form_mse`, `closed_form_r2`). Wit
 """
 
 import functools
+import importlib
 
 import jax.numpy as jnp
 import ml_collections
@@ -51,6 +52,8 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
     }
     targets = standardized["train"]["target"].astype(np.float64)
     info = {"target_mean": float(targets.mean()), "target_std": float(targets.std())}
+    info |= {"feature_mean": mean.tolist(), "feature_std": std.tolist()}  # for export
+    info["raw_dtype"] = str(splits["train"]["features"].dtype)
     return data.Dataset(
         train=standardized["train"], eval_splits={"test": standardized["test"]}, info=info
     )
@@ -142,4 +145,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
         metric_sums=metric_sums,
         summarize=summarize,
         reference_metrics=closed_form_metrics,
+        serving=lambda: importlib.import_module("experiments.regression.serving"),
     )

@@ -7,6 +7,7 @@ corpus BLEU by sacreBLEU, with a few example translations written to the workdir
 
 import dataclasses
 import functools
+import importlib
 import os
 
 import jax
@@ -259,4 +260,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
             ),
         ),
         sequence_keys=("inputs", "targets"),
+        serving=lambda: importlib.import_module("experiments.seq2seq.serving"),
     )

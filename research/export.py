@@ -1,0 +1,235 @@
+"""Exports a run's checkpoint as a directory that runs with only jax and numpy.
+
+`python -m research.export --workdir=RUN --out=DIR [--step=N]` writes the task's inference
+functions (StableHLO via `jax.export`, symbolic batch size, lowered for CPU, CUDA and TPU), the
+parameters, the task's preprocessing assets, `signature.json` and `serving_runtime.py`.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from research import checkpoints, data, optimizers, reproduce, serving_runtime, steps
+from research import workdir as workdir_lib
+from research.errors import UserError
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+BATCH = "batch"  # the symbolic leading dimension of every input and output
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """One exported function: `apply(variables, *inputs) -> {output: [batch, ...]}`.
+
+    `inputs` lists (name, dtype, shape without the batch axis); jit-traced with a symbolic batch.
+    """
+
+    apply: Callable[..., dict[str, jax.Array]]
+    inputs: list[tuple[str, str, tuple[int, ...]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSpec:
+    """What a task's serving module exports (see `research.task.Task.serving`).
+
+    functions: name -> `Function`; `default_function` is the one predict and serve call
+        unless an option picks another.
+    assets: file name -> bytes, written under `assets/` (tokenizers, class names).
+    metadata: JSON the task's codec reads back (normalization constants, feature names).
+    eval_inputs: a split's arrays -> the default function's inputs (what the trainer's
+        evaluation feeds the model), for checking an export against the trainer.
+    """
+
+    functions: dict[str, Function]
+    default_function: str
+    assets: dict[str, bytes]
+    metadata: dict[str, Any]
+    eval_inputs: Callable[[data.Arrays], dict[str, np.ndarray]]
+
+
+class ExportError(UserError):
+    """A run that cannot be exported as asked; the message names the fix."""
+
+
+def _entries(variables: dict) -> tuple[list[dict], list[np.ndarray], Any]:
+    """Each leaf's collection and key path (as `params_sha256` names it), the leaves, treedef."""
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    entries, arrays = [], []
+    for path, leaf in leaves_with_paths:
+        array = np.asarray(leaf)
+        entries.append(
+            {
+                "collection": path[0].key,
+                "path": jax.tree_util.keystr(path[1:]),
+                "dtype": str(array.dtype),
+                "shape": list(array.shape),
+            }
+        )
+        arrays.append(array)
+    return entries, arrays, treedef
+
+
+def _export_function(function: Function, arrays: list[np.ndarray], treedef) -> tuple[bytes, dict]:
+    """The serialized function and its signature entry (inputs, outputs, shapes, dtypes)."""
+    (batch,) = jax.export.symbolic_shape(BATCH)
+
+    def flat(parameters, *inputs):
+        variables = jax.tree_util.tree_unflatten(treedef, parameters)
+        return function.apply(variables, *inputs)
+
+    parameter_specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
+    input_specs = [
+        jax.ShapeDtypeStruct((batch, *shape), dtype) for _, dtype, shape in function.inputs
+    ]
+    exported = jax.export.export(jax.jit(flat), platforms=PLATFORMS)(parameter_specs, *input_specs)
+    positions = jax.tree_util.tree_unflatten(exported.out_tree, range(len(exported.out_avals)))
+
+    def describe(name, aval):
+        shape = [dim if isinstance(dim, int) else str(dim) for dim in aval.shape]
+        return {"name": name, "dtype": str(aval.dtype), "shape": shape}
+
+    signature = {
+        "inputs": [
+            describe(name, spec)
+            for (name, _, _), spec in zip(function.inputs, input_specs, strict=True)
+        ],
+        "outputs": [describe(name, exported.out_avals[index]) for name, index in positions.items()],
+    }
+    return exported.serialize(), signature
+
+
+def restore_variables(workdir: str, step: int | None = None):
+    """(config, task, dataset, variables, step, artifacts dir) of a run, opened read-only."""
+    import experiments  # the task registry; research/ names no task itself
+
+    config = reproduce.load_config(workdir)
+    task = experiments.get_task(config)
+    if task.serving is None:
+        raise ExportError(
+            f"Task '{config.task}' has no serving module; add experiments/{config.task}/"
+            "serving.py and name it in its Task's `serving` field."
+        )
+    directory = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
+    saved = checkpoints.saved_steps(directory)
+    if not saved:
+        raise ExportError(f"{workdir} holds no checkpoint; train the run before exporting it.")
+    if step is None:
+        step = saved[-1]
+    elif step not in saved:
+        raise ExportError(
+            f"--step={step} is not a checkpoint of {workdir}; choose one of "
+            f"{', '.join(map(str, saved))}."
+        )
+    artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
+    scratch = None
+    if not os.path.isdir(artifacts):  # data preparation must not write into the run
+        scratch = tempfile.mkdtemp(prefix="export-artifacts-")
+        artifacts = scratch
+    dataset = task.load_data(artifacts)
+    model = task.create_model(dataset.info)
+    example = {key: value[:1] for key, value in dataset.train.items()}
+    like = steps.create_train_state(
+        jax.random.PRNGKey(0), model, task, example, optimizers.create_optimizer(config)
+    )
+    state = checkpoints.restore_state(directory, step, like)
+    variables = {"params": state.params, **state.model_state}
+    return config, task, dataset, model, variables, step, artifacts
+
+
+def export_run(workdir: str, out: str, step: int | None = None, options: dict | None = None):
+    """Writes the export of `workdir`'s checkpoint `step` (the latest by default) to `out`.
+
+    The directory is written next to `out` and renamed into place when complete. Returns
+    the signature.
+    """
+    if os.path.exists(out) and os.listdir(out):
+        raise ExportError(f"--out={out} exists and is not empty; choose a new directory.")
+    config, task, dataset, model, variables, step, artifacts = restore_variables(workdir, step)
+    spec = task.serving().export_spec(config, model, dataset, artifacts, options or {})
+    entries, arrays, treedef = _entries(variables)
+    digest = serving_runtime.parameters_sha256(entries, arrays)
+    assert digest == workdir_lib.params_sha256(variables["params"]), "hash conventions differ"
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        functions = {}
+        for name, function in spec.functions.items():
+            serialized, functions[name] = _export_function(function, arrays, treedef)
+            with open(os.path.join(staging, name + serving_runtime.FUNCTION_SUFFIX), "wb") as f:
+                f.write(serialized)
+        np.savez(
+            os.path.join(staging, serving_runtime.PARAMETERS_FILE),
+            **{str(index): array for index, array in enumerate(arrays)},
+        )
+        assets_dir = os.path.join(staging, serving_runtime.ASSETS_DIR)
+        os.makedirs(assets_dir)
+        for name, content in spec.assets.items():
+            os.makedirs(os.path.dirname(os.path.join(assets_dir, name)), exist_ok=True)
+            with open(os.path.join(assets_dir, name), "wb") as file:
+                file.write(content)
+        shutil.copy(serving_runtime.__file__, os.path.join(staging, "serving_runtime.py"))
+        signature = {
+            "format_version": serving_runtime.FORMAT_VERSION,
+            "task": config.task,
+            "source_workdir": os.path.abspath(workdir),
+            "step": step,
+            "params_sha256": digest,
+            "platforms": list(PLATFORMS),
+            "jax_version": jax.__version__,
+            "default_function": spec.default_function,
+            "functions": functions,
+            "metadata": spec.metadata,
+            "parameters": entries,
+            "config": json.loads(config.to_json_best_effort()),
+        }
+        with open(os.path.join(staging, serving_runtime.SIGNATURE_FILE), "w") as file:
+            json.dump(signature, file, indent=1)
+            file.write("\n")
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty, checked above
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return signature
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined only when run as a command: the serving modules import this module too.
+    flags.DEFINE_string("workdir", None, "The run to export (a launch.py workdir).")
+    flags.DEFINE_string("out", None, "The directory to write; must not exist or be empty.")
+    flags.DEFINE_integer("step", None, "The checkpoint to export; the latest by default.")
+    flags.DEFINE_list("beam_sizes", None, "seq2seq: beam sizes to export (default 1, config's).")
+
+
+def main(argv) -> None:
+    del argv
+    if not FLAGS.workdir or not FLAGS.out:
+        raise app.UsageError("Pass --workdir=RUN and --out=DIR.")
+    options = {"beam_sizes": [int(b) for b in FLAGS.beam_sizes]} if FLAGS.beam_sizes else {}
+    try:
+        signature = export_run(FLAGS.workdir, FLAGS.out, FLAGS.step, options)
+    except UserError as error:
+        raise SystemExit(f"Error: {error}") from None
+    print(
+        f"Exported step {signature['step']} of {FLAGS.workdir} to {FLAGS.out} "
+        f"(params_sha256 {signature['params_sha256']})."
+    )
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
