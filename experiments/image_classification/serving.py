@@ -148,10 +148,8 @@ class Codec:
             yield source, InputError(f"{source} cannot be read ({message}); expected a file of "
                                      f"{self._expected()}")  # fmt: skip
             return
-        if array.ndim == 0:
-            yield source, InputError(f"{source}: expected {self._expected()}, got a scalar")
-            return
-        rows = [("", array)] if array.shape in self.shapes else [
+        one = array.shape in self.shapes or array.ndim <= min(map(len, self.shapes))
+        rows = [("", array)] if one else [
             (f" row {index}", row) for index, row in enumerate(array)
         ]  # fmt: skip
         for suffix, row in rows:
