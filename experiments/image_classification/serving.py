@@ -103,8 +103,10 @@ class Codec:
             raise InputError(f"expected {self._expected()}, got shape {list(raw.shape)}")
         if raw.dtype.kind not in "iuf":
             raise InputError(f"expected {self._expected()}, got {raw.dtype} values")
-        cast = raw.astype(self.raw_dtype)
-        if not np.array_equal(cast, raw) or not np.all(np.isfinite(raw)):
+        if not np.all(np.isfinite(raw)):
+            raise InputError(f"expected {self._expected()}, got values that are not finite")
+        cast = raw.astype(self.raw_dtype)  # a decimal is rounded to the bits the data holds
+        if self.raw_dtype.kind in "iu" and not np.array_equal(cast, raw):
             raise InputError(f"expected {self._expected()}, got values outside that range")
         # The raw dtype first, then float64 arithmetic: the bits the trainer's model saw.
         inputs = ((cast.reshape(self.raw_shape) - self.mean) / self.std).astype(np.float32)

@@ -1,0 +1,328 @@
+"""Export, predict and serve: an exported model answers as the trainer's evaluation did."""
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from research import data, evaluation, export, inference, parallel, predict, steps
+from tests.helpers import REPO_ROOT, load_config, run_experiment
+
+CONFIGS = os.path.join(REPO_ROOT, "experiments")
+TINY = {"num_train_steps": 8, "eval_every_steps": 8, "log_every_steps": 4}
+TINY |= {"checkpoint_every_steps": 8, "warmup_steps": 2}
+RUNS = {
+    "regression": ("regression/configs/diabetes_mlp.py", {"eval_batch_size": 32}),
+    "image_classification": (
+        "image_classification/configs/mnist1d_cnn.py",
+        {"eval_batch_size": 256, "model.features": (8, 8), "model.dense_sizes": ()},
+    ),
+    "seq2seq": (
+        "seq2seq/configs/scan_transformer.py",
+        {
+            "batch_size": 32,
+            "eval_batch_size": 512,
+            "scan_split": "addprim_turn_left",  # its test split is the smallest (1208)
+            "model.num_layers": 1,
+            "model.width": 32,
+            "model.num_heads": 2,
+            "model.mlp_width": 64,
+        },
+    ),
+}
+
+# Runs the exported functions where flax, research and experiments cannot be imported.
+ISOLATED = """
+import importlib.abc, sys
+BLOCKED = ("flax", "research", "experiments", "optax", "tensorflow")
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} must not be needed")
+sys.meta_path.insert(0, Blocker())
+repo, jobs = sys.argv[1], sys.argv[2:]
+assert not any(p and repo.startswith(p) or p.startswith(repo) for p in sys.path if p), sys.path
+import numpy as np
+for job in jobs:
+    directory, inputs_path, batch_size, outputs_path = job.split(",")
+    sys.path.insert(0, directory)
+    import serving_runtime
+    model = serving_runtime.load(directory)
+    sys.path.pop(0)
+    del sys.modules["serving_runtime"]
+    name = model.signature["default_function"]
+    with np.load(inputs_path) as saved:
+        inputs = dict(saved)
+    count, size = len(next(iter(inputs.values()))), int(batch_size)
+    padded = -(-count // size) * size  # zero rows, as the trainer's evaluation pads
+    inputs = {k: np.concatenate([v, np.zeros((padded - count, *v.shape[1:]), v.dtype)])
+              for k, v in inputs.items()}
+    parts = [model.run(name, {k: v[i:i + size] for k, v in inputs.items()})
+             for i in range(0, padded, size)]
+    np.savez(outputs_path, **{k: np.concatenate([p[k] for p in parts])[:count] for k in parts[0]})
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data_dir):
+    """Per task: (config, run dir, model dir, test arrays, the trainer's test predictions)."""
+    results = {}
+    for task_name, (path, overrides) in RUNS.items():
+        root = tmp_path_factory.mktemp(task_name)
+        config = load_config(os.path.join(CONFIGS, path), **TINY, **overrides, data_dir=data_dir)
+        run_experiment(config, root / "run")
+        export.export_run(str(root / "run"), str(root / "model"))
+        results[task_name] = (config, root, *_trainer_predictions(str(root / "run")))
+    return results
+
+
+def _trainer_predictions(workdir):
+    """The test split's arrays and predictions through the trainer's own evaluation path."""
+    config, task, dataset, model, variables, _, _ = export.restore_variables(workdir)
+    if task.predict is None:  # the model's outputs, as eval_step computes them
+        apply = lambda model, variables, batch: model.apply(  # noqa: E731
+            variables, *task.model_inputs(batch), train=False
+        )
+        task = dataclasses.replace(task, predict=apply)
+    p_predict = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
+    state = steps.TrainState(
+        step=0,
+        params=variables.pop("params"),
+        model_state=variables,
+        opt_state=(),
+    )
+    arrays = dataset.eval_splits["test"]
+    predictions = evaluation.predictions_of_split(
+        p_predict, parallel.replicate(state), arrays, config.eval_batch_size
+    )
+    return arrays, predictions
+
+
+def test_exported_models_run_without_the_repository_and_match_the_trainer(exported, tmp_path):
+    jobs = []
+    for task_name, (config, root, arrays, _) in exported.items():
+        signature = json.loads((root / "model" / "signature.json").read_text())
+        summary = json.loads((root / "run" / "summary.json").read_text())
+        assert signature["params_sha256"] == summary["params_sha256"]
+        assert signature["platforms"] == ["cpu", "cuda", "tpu"]
+        inputs = _eval_inputs(task_name, config, arrays)
+        np.savez(tmp_path / f"{task_name}.npz", **inputs)
+        outputs = tmp_path / f"{task_name}-out.npz"
+        jobs.append(f"{root / 'model'},{tmp_path / f'{task_name}.npz'},"
+                    f"{config.eval_batch_size},{outputs}")  # fmt: skip
+    environment = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-I", "-c", ISOLATED, REPO_ROOT, *jobs],
+        check=True, cwd=tmp_path, env=environment, timeout=300,
+    )  # fmt: skip
+    for task_name, (_, _, _, expected) in exported.items():
+        with np.load(tmp_path / f"{task_name}-out.npz") as outputs:
+            if task_name == "regression":
+                np.testing.assert_allclose(outputs["value"], expected, rtol=1e-6, atol=1e-6)
+            elif task_name == "image_classification":
+                np.testing.assert_array_equal(outputs["class"], expected.argmax(-1))
+            else:
+                np.testing.assert_array_equal(outputs["tokens"], expected)
+
+
+def _eval_inputs(task_name, config, arrays):
+    if task_name == "seq2seq":
+        penalty = np.full(len(arrays["inputs"]), config.decode.length_penalty, np.float32)
+        return {"inputs": arrays["inputs"], "length_penalty": penalty}
+    key = "features" if task_name == "regression" else "inputs"
+    return {key: arrays[key]}
+
+
+def _raw_test_inputs(task_name, config):
+    """What a user has: the test split before the trainer's preprocessing."""
+    if task_name == "seq2seq":
+        from experiments.seq2seq import scan
+
+        return [source for source, _ in scan.load_split(config.scan_split)["test"]]
+    if task_name == "regression":
+        from experiments.regression.task import BUILDERS
+
+        builder, key = BUILDERS[config.dataset], "features"
+    else:
+        from experiments.image_classification.task import DATASETS
+
+        builder, key = DATASETS[config.dataset][0], "signal"
+    return data.load_tfds_arrays(config.dataset, "test", config.data_dir, builder)[key]
+
+
+def test_predict_reads_raw_inputs_like_the_trainer_and_names_bad_ones(exported, tmp_path):
+    for task_name, (config, root, _, expected) in exported.items():
+        raw = _raw_test_inputs(task_name, config)
+        if task_name == "regression":
+            rows = [",".join(repr(float(v)) for v in row) for row in raw]
+            rows.insert(3, "1.0,2.0")  # a wrong feature count
+            (tmp_path / "rows.csv").write_text("\n".join(["age,sex,x", *rows]) + "\n")
+            sources = [str(tmp_path / "rows.csv")]
+        elif task_name == "image_classification":
+            np.save(tmp_path / "batch.npy", raw)
+            np.save(tmp_path / "bad.npy", raw[0, :30])
+            sources = [str(tmp_path / "batch.npy"), str(tmp_path / "bad.npy")]
+        else:
+            lines = "\n".join(raw[:100]).encode() + b"\n\xff\xfe bad\n"
+            (tmp_path / "source.txt").write_bytes(lines)
+            sources = [str(tmp_path / "source.txt")]
+        predictor = inference.Predictor(str(root / "model"))
+        output_path = tmp_path / f"{task_name}.jsonl"
+        with open(output_path, "w") as output:
+            failures = predict.predict_sources(predictor, sources, output)
+        assert failures == 1
+        records = [json.loads(line) for line in output_path.read_text().splitlines()]
+        errors = [r for r in records if "error" in r]
+        answers = [r for r in records if "error" not in r]
+        if task_name == "regression":
+            assert "line 5" in errors[0]["error"] and "expected 10 numbers" in errors[0]["error"]
+            values = [r["value"] for r in answers]
+            np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-6)
+        elif task_name == "image_classification":
+            assert "bad.npy" in errors[0]["error"] and "shape [40, 1]" in errors[0]["error"]
+            assert [r["class"] for r in answers] == expected.argmax(-1).tolist()
+            assert len(answers[0]["top_k"]) == 3
+        else:
+            assert "line 101 is not UTF-8" in errors[0]["error"]
+            assert [r["tokens"] for r in answers] == [_cut(row) for row in expected[:100]]
+
+
+def _cut(row):
+    row = row.tolist()
+    return row[: row.index(2) + 1] if 2 in row else row
+
+
+def _post(port, body: bytes, timeout=60):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        return server.getsockname()[1]
+
+
+def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_sigterm(
+    exported, tmp_path
+):
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    config, root, _, _ = exported["image_classification"]
+    signals = _raw_test_inputs("image_classification", config)[:50]
+    predictor = inference.Predictor(str(root / "model"))
+    expected = predictor.predict([predictor.codec.parse(s.tolist()) for s in signals])
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "research.serve", f"--model={root / 'model'}", f"--port={port}"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.5)
+        bad_bodies = [b"{not json", b'{"instances": [[1, 2, 3]]}', b'{"instances": ["x"]}']
+        failures = []
+
+        def client(number):
+            for request in range(50):
+                if (number + request) % 10 == 0:
+                    status, answer = _post(port, bad_bodies[request % 3])
+                    if status != 400 or not answer["error"].endswith("."):
+                        failures.append((status, answer))
+                    continue
+                body = json.dumps({"instances": [signals[request].tolist()]}).encode()
+                status, answer = _post(port, body)
+                got, want = answer["predictions"][0], expected[request]
+                if (
+                    status != 200
+                    or got["class"] != want["class"]
+                    or got["top_k"][0]["probability"]
+                    != pytest.approx(want["top_k"][0]["probability"], rel=1e-5)
+                ):
+                    failures.append((status, got, want))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=240)
+        assert not failures, failures[:3]
+
+        # SIGTERM while large requests are in flight: each is answered, then the server exits.
+        answers = []
+        big = json.dumps({"instances": [s.tolist() for s in signals] * 4}).encode()
+        senders = [
+            threading.Thread(target=lambda: answers.append((_post(port, big), time.time())))
+            for _ in range(4)
+        ]
+        for sender in senders:
+            sender.start()
+        time.sleep(0.3)
+        sent_term = time.time()
+        server.send_signal(signal.SIGTERM)
+        for sender in senders:
+            sender.join(timeout=120)
+        assert server.wait(timeout=60) == 0
+        assert [status for (status, _), _ in answers] == [200] * 4
+        assert all(len(answer["predictions"]) == 200 for (_, answer), _ in answers)
+        assert max(when for _, when in answers) > sent_term  # some were in flight
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+
+
+def test_server_answers_503_when_its_queue_is_full_and_413_for_large_bodies(exported):
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from research import serve
+
+    _, root, _, _ = exported["regression"]
+    predictor = inference.Predictor(str(root / "model"))
+
+    async def scenario():
+        application = serve.make_app(predictor, max_queue=2, max_bytes=2000)
+        async with TestClient(TestServer(application)) as client:
+            three = {"instances": [[0.0] * 10] * 3}
+            response = await client.post("/v1/predict", json=three)
+            assert response.status == 503, await response.text()
+            two = {"instances": [[0.0] * 10] * 2}
+            response = await client.post("/v1/predict", json=two)
+            assert response.status == 200
+            assert (await response.json())["predictions"] == predictor.predict(
+                [predictor.codec.parse([0.0] * 10)] * 2
+            )
+            response = await client.post("/v1/predict", data=b"[" + b"0," * 2000 + b"0]")
+            assert response.status == 413
+            response = await client.post("/v1/predict", json={"instances": [[True] * 10]})
+            assert response.status == 400
+            assert "not a number" in (await response.json())["error"]
+            response = await client.get("/v1/model")
+            assert (await response.json())["params_sha256"] == predictor.signature["params_sha256"]
+
+    asyncio.run(scenario())
