@@ -52,7 +52,9 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
     if options:
         raise InputError(f"Image classification exports take no options ({', '.join(options)}).")
     info = dataset.info
-    names = CLASS_NAMES.get(config.dataset, tuple(map(str, range(info["num_classes"]))))
+    original = info["original_classes"]  # a run on a subset of classes relabels them 0..k-1
+    all_names = CLASS_NAMES.get(config.dataset, tuple(map(str, range(max(original) + 1))))
+    names = [all_names[index] for index in original]
 
     def predict(variables, inputs):
         logits = model.apply(variables, inputs, train=False)
