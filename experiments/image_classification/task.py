@@ -7,8 +7,8 @@ each example has several 0/1 labels (`multi_label.py`).
 """
 
 import functools
-import os
 import importlib
+import os
 
 import jax.numpy as jnp
 import ml_collections
