@@ -180,6 +180,13 @@ def _import_input_libraries_quietly() -> None:
     tfds.disable_progress_bar()
 
 
+def _append_xla_flags(config_flags: str) -> None:
+    """Appends the config's `xla_flags` to XLA_FLAGS; XLA reads it when the backend starts,
+    which nothing before this point has done (the trainer warns if it had)."""
+    if config_flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config_flags}".strip()
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass settings as --config.<key>=<value>.")
@@ -192,13 +199,6 @@ def main(argv: list[str]) -> None:
     from research import parallel, preemption, reproduce, trainer
     from research.errors import UserError
 
-    if FLAGS.coordinator_address or FLAGS.distributed:
-        parallel.initialize_distributed(
-            FLAGS.coordinator_address,
-            FLAGS.num_processes,
-            FLAGS.process_id,
-            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
-        )
     try:
         init_from = FLAGS.init_from
         if FLAGS.reproduce:
@@ -209,6 +209,14 @@ def main(argv: list[str]) -> None:
         else:
             config = FLAGS.config
             workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
+        _append_xla_flags(config.get("xla_flags", ""))
+        if FLAGS.coordinator_address or FLAGS.distributed:
+            parallel.initialize_distributed(
+                FLAGS.coordinator_address,
+                FLAGS.num_processes,
+                FLAGS.process_id,
+                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+            )
         task = experiments.get_task(config)
         logging.info("Workdir: %s", os.path.abspath(workdir))
         trainer.train_and_evaluate(

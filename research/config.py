@@ -8,6 +8,8 @@ import ml_collections
 from research import optimizers, parameters
 from research.errors import UserError
 
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
 # Every experiment config has these keys, with these types.
 REQUIRED_KEYS = {
     "task": str,
@@ -30,6 +32,8 @@ POSITIVE_INTEGERS = (
     "checkpoint_every_steps",
     "eval_batch_size",
     "keep_checkpoints",
+    "grad_accum_steps",
+    "steps_per_dispatch",
 )
 NON_NEGATIVE_INTEGERS = ("seed", "warmup_steps", "average_last_checkpoints", "input_workers")
 # Numbers that must lie in [low, high] (None: unbounded); every number must be finite.
@@ -127,6 +131,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     for key in ("weight_decay", "grad_clip_norm"):
         if config.get(key, 0.0) < 0:
             raise ConfigError(f"config.{key} is {config[key]}; set it to 0 (off) or more.")
+    _check_scaling(config, device_count)
     boundaries = config.get("decay_boundaries", ())
     if schedule == "step" and not all(0 < fraction < 1 for fraction in boundaries):
         raise ConfigError(
@@ -213,6 +218,37 @@ def check_parameter_patterns(config: ml_collections.ConfigDict, params, model_st
             )
 
 
+def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Mixed precision, gradient accumulation, steps per dispatch and XLA flags."""
+    for key in ("dtype", "param_dtype"):
+        if config.get(key, "float32") not in DTYPE_NAMES:
+            raise ConfigError(
+                f"config.{key} '{config[key]}' is unknown; choose one of {', '.join(DTYPE_NAMES)}."
+            )
+    micro_batches = config.get("grad_accum_steps", 1)
+    if config.batch_size % (device_count * micro_batches):
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} does not split into "
+            f"config.grad_accum_steps={micro_batches} micro-batches on each of the "
+            f"{device_count} devices; set --config.batch_size to a multiple of "
+            f"{device_count * micro_batches}."
+        )
+    per_dispatch = config.get("steps_per_dispatch", 1)
+    for key in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        if config[key] % per_dispatch:
+            raise ConfigError(
+                f"config.{key}={config[key]} is not a multiple of "
+                f"config.steps_per_dispatch={per_dispatch}; set --config.{key} to a multiple "
+                "of it or lower --config.steps_per_dispatch."
+            )
+    flags = config.get("xla_flags", "")
+    if not isinstance(flags, str) or any(not f.startswith("--") for f in flags.split()):
+        raise ConfigError(
+            f"config.xla_flags={flags!r} must be XLA flags separated by spaces, each starting "
+            "with '--'; set it like --config.xla_flags='--xla_cpu_use_thunk_runtime=true'."
+        )
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The keys every experiment has, with defaults that experiment configs override."""
     config = ml_collections.ConfigDict()
@@ -246,4 +282,14 @@ def base_config() -> ml_collections.ConfigDict:
     # by `input_workers` Grain processes; "auto": grain only for a split too large to load.
     config.input_pipeline = "auto"
     config.input_workers = 2
+    # Scaling up (README, "Scaling up"): compute and parameter dtypes (float32 master weights,
+    # loss and optimizer state whatever they are), micro-batches per step, training steps per
+    # compiled call, and flags appended to XLA_FLAGS before the backend starts.
+    config.dtype = "float32"
+    config.param_dtype = "float32"
+    config.grad_accum_steps = 1
+    config.grad_accum_unroll = False  # unrolled instead of lax.scan: faster convolutions on CPU
+    config.steps_per_dispatch = 1
+    config.steps_per_dispatch_unroll = True  # False: lax.scan, one compilation of the step
+    config.xla_flags = ""
     return config

@@ -87,11 +87,20 @@ def unreplicate(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_shards[0].data)[0], tree)
 
 
-def shard(tree: PyTree) -> PyTree:
-    """Splits this host's batch: `[batch, ...]` -> `[devices, batch / devices, ...]`."""
+def shard(tree: PyTree, *, steps: bool = False) -> PyTree:
+    """Splits this host's batch: `[batch, ...]` -> `[devices, batch / devices, ...]`.
+
+    With `steps`, leaves hold the batches of several steps, `[steps, batch, ...]` ->
+    `[devices, steps, batch / devices, ...]`.
+    """
     count = local_device_count()
 
     def put(leaf):
+        if steps:
+            size = leaf.shape[1]
+            assert size % count == 0, (leaf.shape, count)
+            split = leaf.reshape(leaf.shape[0], count, size // count, *leaf.shape[2:])
+            return jax.device_put(np.swapaxes(split, 0, 1), _local_sharding())
         assert leaf.shape[0] % count == 0, (leaf.shape, count)
         return jax.device_put(
             leaf.reshape(count, leaf.shape[0] // count, *leaf.shape[1:]), _local_sharding()

@@ -1,12 +1,14 @@
 """The train state and the pure train and evaluation steps (run under `parallel.pmap`)."""
 
+import functools
+
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from research import data, parallel
+from research import data, parallel, precision
 from research.task import Batch, Task
 
 Metrics = dict[str, jax.Array]
@@ -17,15 +19,26 @@ class TrainState:
     """Everything that changes during training; the optimizer itself is static."""
 
     step: jax.Array
-    params: flax.core.FrozenDict | dict
+    params: flax.core.FrozenDict | dict  # float32 master weights, whatever the compute dtype
     model_state: dict  # non-trained collections such as batch_stats; {} for most models
     opt_state: optax.OptState
+    loss_scale: precision.LossScale = flax.struct.field(default_factory=dict)  # float16 only
 
 
 def create_train_state(
-    rng: jax.Array, model: nn.Module, task: Task, example_batch: Batch, optimizer
+    rng: jax.Array,
+    model: nn.Module,
+    task: Task,
+    example_batch: Batch,
+    optimizer,
+    *,
+    loss_scaling: bool = False,
 ) -> TrainState:
-    """Initializes parameters from `rng` on an example batch (on the host's default device)."""
+    """Initializes parameters from `rng` on an example batch (on the host's default device).
+
+    Parameters are kept in float32 whatever the model's `param_dtype` (they are cast to it
+    for each step), so updates smaller than that dtype's resolution are not lost.
+    """
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init(
         {"params": params_rng, "dropout": dropout_rng},
@@ -33,12 +46,13 @@ def create_train_state(
         train=False,
     )
     variables = dict(variables)
-    params = variables.pop("params")
+    params = precision.cast_floating(variables.pop("params"), jnp.float32)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=variables,
         opt_state=optimizer.init(params),
+        loss_scale=precision.initial_loss_scale() if loss_scaling else {},
     )
 
 
@@ -52,6 +66,116 @@ def _apply(model, params, model_state, batch, task, *, train, rng=None):
     return model.apply(variables, *inputs, train=train, rngs=rngs), model_state
 
 
+def _model_params(params, model: nn.Module):
+    """The float32 master parameters as the model's `param_dtype` (float32 if it has none)."""
+    return precision.cast_floating(params, getattr(model, "param_dtype", jnp.float32))
+
+
+def _forward(params, model_state, batch, rng, *, model, task):
+    """(per-example loss sums, weights, float32 outputs, model_state) of one training pass."""
+    outputs, new_model_state = _apply(
+        model, _model_params(params, model), model_state, batch, task, train=True, rng=rng
+    )
+    outputs = precision.cast_floating(outputs, jnp.float32)  # the loss is computed in float32
+    loss_sums, weights = task.loss(outputs, batch)
+    return loss_sums, weights, outputs, precision.cast_like(new_model_state, model_state)
+
+
+def _gradients(state: TrainState, batch: Batch, rng, scale, *, model, task):
+    """(loss, grads, model_state, metric sums) of this device's batch in one pass.
+
+    The loss is normalised by the mean per-device weight, so averaging gradients with `pmean`
+    gives exactly the gradient of the weighted mean loss over the global batch, even when
+    devices hold different weights (tokens). Gradients are of `scale` times the loss.
+    """
+    device_count = parallel.sum_over_devices(1)
+
+    def loss_fn(params):
+        loss_sums, weights, outputs, model_state = _forward(
+            params, state.model_state, batch, rng, model=model, task=task
+        )
+        mean_weight = parallel.sum_over_devices(weights.sum()) / device_count
+        loss = loss_sums.sum() / mean_weight
+        scaled = loss if scale is None else loss * scale
+        return scaled, (loss, outputs, model_state)
+
+    (_, (loss, outputs, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, batch))
+    return loss, grads, model_state, sums
+
+
+def _accumulated_gradients(
+    state: TrainState, batch: Batch, rng, scale, *, model, task, micro_batches: int, unroll: bool
+):
+    """`_gradients` computed over `micro_batches` consecutive slices of the batch in turn.
+
+    Loss sums, weights and gradients of the unnormalised loss are added over the slices and
+    divided by the mean weight once, so the result is the one-pass gradient up to rounding.
+    Batch statistics (batch norm) are updated slice after slice. `unroll` writes the slices
+    side by side in the program instead of a `lax.scan` (faster for convolutions on CPU).
+    """
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    split = jax.tree.map(
+        lambda leaf: leaf.reshape(micro_batches, rows // micro_batches, *leaf.shape[1:]), batch
+    )
+
+    def micro_step(carry, inputs):
+        grads_sum, loss_sum, weight_sum, metric_sums, model_state = carry
+        micro_batch, index = inputs
+
+        def loss_fn(params):
+            loss_sums, weights, outputs, new_model_state = _forward(
+                params, model_state, micro_batch, jax.random.fold_in(rng, index),
+                model=model, task=task,
+            )  # fmt: skip
+            # Divided by the static row count only to keep float16 gradients in range.
+            total = loss_sums.sum()
+            scaled = total / rows if scale is None else total / rows * scale
+            return scaled, (total, weights.sum(), outputs, new_model_state)
+
+        (_, (total, weight, outputs, model_state)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
+        sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, micro_batch))
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)
+        carry = (add(grads_sum, grads), loss_sum + total, weight_sum + weight,
+                 add(metric_sums, sums), model_state)  # fmt: skip
+        return carry, None
+
+    first = jax.tree.map(lambda leaf: leaf[0], split)
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+    metric_shapes = jax.eval_shape(
+        lambda: jax.tree.map(
+            jnp.sum,
+            task.metric_sums(
+                _forward(state.params, state.model_state, first, rng, model=model, task=task)[2],
+                first,
+            ),
+        )
+    )
+    carry = (
+        zeros(state.params),
+        jnp.zeros((), jnp.float32),
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
+        state.model_state,
+    )
+    indices = jnp.arange(micro_batches)
+    if unroll:
+        for index in range(micro_batches):
+            carry, _ = micro_step(
+                carry, (jax.tree.map(lambda leaf, i=index: leaf[i], split), index)
+            )
+    else:
+        carry, _ = jax.lax.scan(micro_step, carry, (split, indices))
+    grads_sum, loss_sum, weight_sum, metric_sums, model_state = carry
+    mean_weight = parallel.sum_over_devices(weight_sum) / parallel.sum_over_devices(1)
+    grads = jax.tree.map(lambda g: g * (rows / mean_weight), grads_sum)
+    return loss_sum / mean_weight, grads, model_state, metric_sums
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -62,54 +186,87 @@ def train_step(
     optimizer: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     skip_nonfinite: bool = False,
+    grad_accum_steps: int = 1,
+    grad_accum_unroll: bool = False,
 ) -> tuple[TrainState, dict[str, Metrics]]:
-    """One optimizer step on this device's shard of the global batch.
+    """One optimizer step on this device's shard of the global batch `[rows, ...]`.
 
-    Each device's loss is normalised by the mean per-device weight, so averaging gradients
-    with `pmean` gives exactly the gradient of the weighted mean loss over the global batch,
-    even when devices hold different weights (tokens). Returns the new state and
-    `{"sums": task metric sums over the global batch, "diagnostics": grad_norm,
-    learning_rate, all_finite}`. With
-    `skip_nonfinite`, a step whose loss or gradient is not finite leaves the state unchanged.
+    Returns the new state and `{"sums": task metric sums over the global batch,
+    "diagnostics": grad_norm, learning_rate, all_finite}`. With `skip_nonfinite`, a step
+    whose loss or gradient is not finite leaves the state unchanged. With a loss scale in
+    the state (float16), a step with non-finite gradients is skipped and the scale halved;
+    it counts as not finite only once the scale is down to 1.
     """
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), parallel.device_index())
-    device_count = parallel.sum_over_devices(1)
-
-    def loss_fn(params):
-        outputs, model_state = _apply(
-            model, params, state.model_state, batch, task, train=True, rng=rng
+    scale = state.loss_scale["scale"] if state.loss_scale else None
+    if grad_accum_steps == 1:
+        loss, grads, model_state, sums = _gradients(
+            state, batch, rng, scale, model=model, task=task
         )
-        loss_sums, weights = task.loss(outputs, batch)
-        mean_weight = parallel.sum_over_devices(weights.sum()) / device_count
-        return loss_sums.sum() / mean_weight, (outputs, model_state)
-
-    (loss, (outputs, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    else:
+        loss, grads, model_state, sums = _accumulated_gradients(
+            state, batch, rng, scale, model=model, task=task,
+            micro_batches=grad_accum_steps, unroll=grad_accum_unroll,
+        )  # fmt: skip
     grads = parallel.mean_over_devices(grads)
+    if scale is not None:
+        grads = jax.tree.map(lambda g: g / scale, grads)
     model_state = parallel.mean_over_devices(model_state)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
-    all_finite = jnp.isfinite(parallel.mean_over_devices(loss)) & jnp.isfinite(grad_norm)
-    if skip_nonfinite:
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), new, old)
+    loss_finite = jnp.isfinite(parallel.mean_over_devices(loss))
+    grads_finite = jnp.isfinite(grad_norm)
+    all_finite = apply_update = loss_finite & grads_finite
+    loss_scale = state.loss_scale
+    if scale is not None:
+        loss_scale = precision.next_loss_scale(state.loss_scale, grads_finite)
+        # Overflow is expected while the scale adapts; at scale 1 it is divergence.
+        all_finite = loss_finite & (grads_finite | (scale > 1))
+    if skip_nonfinite or scale is not None:
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply_update, a, b), new, old)
         params = keep(params, state.params)
         opt_state = keep(opt_state, state.opt_state)
         model_state = keep(model_state, state.model_state)
-    sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, batch))
     diagnostics = {
         "grad_norm": grad_norm,
         "learning_rate": learning_rate_fn(state.step),
         "all_finite": all_finite,
+        **({"loss_scale": scale} if scale is not None else {}),
     }
     new_state = state.replace(
-        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+        step=state.step + 1,
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        loss_scale=loss_scale,
     )
     return new_state, {"sums": parallel.sum_over_devices(sums), "diagnostics": diagnostics}
 
 
+def train_steps(
+    state: TrainState, batches: Batch, rng: jax.Array, *, unroll: bool, **step_settings
+) -> tuple[TrainState, dict[str, Metrics]]:
+    """`train_step` over `batches [steps, rows, ...]` in one call; outputs `[steps, ...]`.
+
+    `unroll` writes the steps one after the other in the program instead of a `lax.scan`:
+    on CPU, convolutions in a loop body lose their fast kernels (benchmarks/NOTES.md).
+    """
+    step = functools.partial(train_step, **step_settings)
+    if not unroll:
+        return jax.lax.scan(lambda carry, batch: step(carry, batch, rng), state, batches)
+    outputs = []
+    for index in range(jax.tree.leaves(batches)[0].shape[0]):
+        state, output = step(state, jax.tree.map(lambda leaf, i=index: leaf[i], batches), rng)
+        outputs.append(output)
+    return state, jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+
+
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> Metrics:
     """Metric sums over this batch of every device and host, padding masked out."""
-    outputs, _ = _apply(model, state.params, state.model_state, batch, task, train=False)
+    params = _model_params(state.params, model)
+    outputs, _ = _apply(model, params, state.model_state, batch, task, train=False)
+    outputs = precision.cast_floating(outputs, jnp.float32)
     mask = batch[data.MASK_KEY]
     sums = {
         name: (values * mask).sum() for name, values in task.metric_sums(outputs, batch).items()
@@ -119,4 +276,5 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) 
 
 def predict_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> jax.Array:
     """The task's predictions (for example decoded tokens) for this device's batch."""
-    return task.predict(model, {"params": state.params, **state.model_state}, batch)
+    params = _model_params(state.params, model)
+    return task.predict(model, {"params": params, **state.model_state}, batch)

@@ -25,6 +25,7 @@ from research import (
     evaluation,
     optimizers,
     parallel,
+    precision,
     preemption,
     steps,
     streaming,
@@ -56,7 +57,7 @@ class Run:
     dataset: data.Dataset
     state: steps.TrainState  # a host copy: restored, initialized from another run, or fresh
     train_rng: jax.Array
-    train_step: Callable  # pmapped (state, batch, rng) -> (state, step outputs)
+    train_step: Callable  # pmapped (state, batches, rng) -> (state, outputs), see `train_batches`
     train_buckets: data.LengthBuckets | None
     evaluate: evaluation.Evaluator
     writer: workdir_lib.Writer
@@ -78,6 +79,16 @@ class Run:
         return augmentation_lib.augment(
             batch, self.augmentation, config.batch_size, config.seed, step, rows
         )
+
+    def train_batches(self, step: int) -> data.Arrays:
+        """What one call of `train_step` takes from `step` on: `train_batch(step)`, or with
+        `steps_per_dispatch = k` the batches of steps `step .. step + k - 1` stacked:
+        `[k, host_batch, ...]`."""
+        count = self.config.get("steps_per_dispatch", 1)
+        if count == 1:
+            return self.train_batch(step)
+        batches = [self.train_batch(s) for s in range(step, step + count)]
+        return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
     def close(self) -> None:
         """Finishes checkpoint writes in flight (also after an error) and frees the workdir."""
@@ -106,6 +117,19 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
         )
 
 
+def _warn_if_xla_flags_missing(config: ml_collections.ConfigDict) -> None:
+    """`config.xla_flags` act only if in XLA_FLAGS before the backend started (launch.py)."""
+    wanted = config.get("xla_flags", "").split()
+    present = os.environ.get("XLA_FLAGS", "").split()
+    missing = [flag for flag in wanted if flag not in present]
+    if missing:
+        logging.warning(
+            "config.xla_flags %s are not in XLA_FLAGS: they take effect only when set before "
+            "the JAX backend starts, as launch.py does.",
+            " ".join(missing),
+        )
+
+
 def setup(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -121,6 +145,7 @@ def setup(
     created is removed again and an existing one is left as it was.
     """
     validate(config, parallel.global_device_count())
+    _warn_if_xla_flags_missing(config)
     _check_task_config(config, task)
     workdir_lib.check_usable(workdir)
     created = not os.path.exists(workdir)
@@ -155,7 +180,10 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     example_batch = data.rows_of(dataset.train, np.arange(1))
     augmentation = augmentation_lib.from_config(config, task.image_keys)
     augmentation_lib.augment(example_batch, augmentation, 1, config.seed, 0, slice(0, 1))
-    state = steps.create_train_state(init_rng, model, task, example_batch, optimizer)
+    state = steps.create_train_state(
+        init_rng, model, task, example_batch, optimizer,
+        loss_scaling=precision.uses_loss_scaling(config),
+    )  # fmt: skip
     check_parameter_patterns(config, state.params, state.model_state)
     initialized_from = None
     if init_from:
@@ -193,17 +221,21 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
     eval_batch_size = config.get("eval_batch_size", config.batch_size)
     evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, boundaries)
-    train_step = parallel.pmap(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            task=task,
-            optimizer=optimizer,
-            learning_rate_fn=optimizers.create_learning_rate_schedule(config),
-            skip_nonfinite=config.get("skip_nonfinite_steps", False),
-        ),
-        donate_argnums=(0,),
+    step_settings = dict(
+        model=model,
+        task=task,
+        optimizer=optimizer,
+        learning_rate_fn=optimizers.create_learning_rate_schedule(config),
+        skip_nonfinite=config.get("skip_nonfinite_steps", False),
+        grad_accum_steps=config.get("grad_accum_steps", 1),
+        grad_accum_unroll=config.get("grad_accum_unroll", False),
     )
+    if config.get("steps_per_dispatch", 1) == 1:
+        train_step = functools.partial(steps.train_step, **step_settings)
+    else:
+        unroll = config.get("steps_per_dispatch_unroll", True)
+        train_step = functools.partial(steps.train_steps, unroll=unroll, **step_settings)
+    train_step = parallel.pmap(train_step, donate_argnums=(0,))
     parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(
         config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
@@ -245,10 +277,15 @@ def _initialize_from(
 
 
 class Interval:
-    """The step outputs since the last log: divergence check, metrics and speed."""
+    """The step outputs since the last log: divergence check, metrics and speed.
 
-    def __init__(self, first_step: int):
+    Each `add` holds the outputs of one dispatch: one step, or `steps_per_dispatch` steps
+    stacked on a leading axis.
+    """
+
+    def __init__(self, first_step: int, steps_per_dispatch: int = 1):
         self.first_step, self.start, self.outputs, self._host = first_step, time.time(), [], []
+        self.steps_per_dispatch, self._fetched_dispatches = steps_per_dispatch, 0
 
     def add(self, outputs: dict) -> None:
         self.outputs.append(outputs)
@@ -257,8 +294,14 @@ class Interval:
 
     def _fetched(self) -> list[dict]:
         """Host copies of the outputs, each fetched once (checkpoints and logs both read them)."""
-        for outputs in self.outputs[len(self._host) :]:
-            self._host.append(parallel.unreplicate(outputs))
+        for outputs in self.outputs[self._fetched_dispatches :]:
+            host = parallel.unreplicate(outputs)
+            if self.steps_per_dispatch == 1:
+                self._host.append(host)
+            else:
+                count = self.steps_per_dispatch
+                self._host += [jax.tree.map(lambda leaf, i=i: leaf[i], host) for i in range(count)]
+        self._fetched_dispatches = len(self.outputs)
         return self._host
 
     def first_nonfinite_step(self) -> int | None:
@@ -278,9 +321,15 @@ class Interval:
             **task.summarize_checked(sums),
             "grad_norm": float(np.mean([f["diagnostics"]["grad_norm"] for f in fetched])),
             "learning_rate": float(fetched[-1]["diagnostics"]["learning_rate"]),
+            **(
+                {"loss_scale": float(fetched[-1]["diagnostics"]["loss_scale"])}
+                if "loss_scale" in fetched[-1]["diagnostics"]
+                else {}
+            ),
             "steps_per_second": (done - self.first_step) / (now - self.start),
         }
         self.first_step, self.start, self.outputs, self._host = done, now, [], []
+        self._fetched_dispatches = 0
         return metrics
 
 
@@ -350,14 +399,21 @@ def _train(run: Run) -> dict[str, Any]:
     first_step = int(run.state.step)
     run.state = None  # the replicated copy is the only live state from here on
     num_steps = config.num_train_steps
-    interval, train_metrics, eval_results = Interval(first_step), {}, {}
+    per_dispatch = config.get("steps_per_dispatch", 1)
+    if first_step % per_dispatch:
+        raise ConfigError(
+            f"The checkpoint is at step {first_step}, not a multiple of "
+            f"config.steps_per_dispatch={per_dispatch}; resume with a value that divides it."
+        )
+    interval, train_metrics, eval_results = Interval(first_step, per_dispatch), {}, {}
     last_saved = first_step or None
     loop_start = loop_first_step = None
     with preemption.SignalWatcher() as signals:
-        for step in range(first_step, num_steps):
-            p_state, outputs = run.train_step(p_state, parallel.shard(run.train_batch(step)), p_rng)
+        for step in range(first_step, num_steps, per_dispatch):
+            batches = parallel.shard(run.train_batches(step), steps=per_dispatch > 1)
+            p_state, outputs = run.train_step(p_state, batches, p_rng)
             interval.add(outputs)
-            done = step + 1
+            done = step + per_dispatch
             if loop_start is None:  # exclude compilation from the measured speed
                 jax.block_until_ready(outputs)
                 loop_start, loop_first_step = time.time(), done

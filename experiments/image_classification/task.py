@@ -17,7 +17,7 @@ import optax
 
 from experiments.image_classification import datasets
 from experiments.image_classification.models import cnn, mlp, resnet
-from research import data, streaming
+from research import data, precision, streaming
 from research.config import ConfigError
 from research.task import Task, model_from_config
 
@@ -205,6 +205,7 @@ def create_model(config: ml_collections.ConfigDict, info: dict):
         MODELS,
         config.model,
         num_classes=info["num_classes"],
+        **precision.model_dtypes(config),
     )
 
 

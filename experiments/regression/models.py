@@ -1,9 +1,11 @@
 """Regression models: a linear model and a multilayer perceptron (no hidden layers = linear)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class MLP(nn.Module):
@@ -16,12 +18,17 @@ class MLP(nn.Module):
     hidden_sizes: Sequence[int] = ()
     target_mean: float = 0.0
     target_std: float = 1.0
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
         del train  # no dropout or normalization layers
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         hidden = features
         for size in self.hidden_sizes:
-            hidden = nn.relu(nn.Dense(size)(hidden))
-        prediction = nn.Dense(1)(hidden)[:, 0]
+            hidden = nn.relu(nn.Dense(size, **dtypes)(hidden))
+        # Scaled to the target's units in float32: bfloat16 would round a prediction of 150
+        # to a multiple of 1.
+        prediction = nn.Dense(1, **dtypes)(hidden)[:, 0].astype(jnp.float32)
         return self.target_mean + self.target_std * prediction

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from experiments.regression import datasets, models
-from research import data
+from research import data, precision
 from research.config import ConfigError
 from research.task import Task, model_from_config
 
@@ -69,6 +69,7 @@ def create_model(config: ml_collections.ConfigDict, info: dict) -> models.MLP:
         config.model,
         target_mean=info["target_mean"],
         target_std=info["target_std"],
+        **precision.model_dtypes(config),
     )
 
 

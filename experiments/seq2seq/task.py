@@ -18,7 +18,7 @@ import optax
 
 from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers, tokens
 from experiments.seq2seq.models import lstm, transformer
-from research import data
+from research import data, precision
 from research.config import ConfigError
 from research.task import Task, model_from_config
 
@@ -159,6 +159,7 @@ def create_model(config: ml_collections.ConfigDict, info: dict):
         config.model,
         input_vocab_size=info["input_vocab_size"],
         target_vocab_size=info["target_vocab_size"],
+        **precision.model_dtypes(config),
     )
 
 

@@ -1,9 +1,11 @@
 """A plain convolutional classifier for 1-D signals or 2-D images."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 def max_pool(inputs: jax.Array, window: Sequence[int]) -> jax.Array:
@@ -40,13 +42,20 @@ class CNN(nn.Module):
     pooling: str = "max"
     dense_sizes: Sequence[int] = (256,)
     dropout_rate: float = 0.0
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
         hidden = inputs
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         for features in self.features:
             hidden = nn.Conv(
-                features, tuple(self.kernel_size), tuple(self.strides), padding=self.padding
+                features,
+                tuple(self.kernel_size),
+                tuple(self.strides),
+                padding=self.padding,
+                **dtypes,
             )(hidden)
             hidden = nn.relu(hidden)
             if self.pool_size:
@@ -58,6 +67,6 @@ class CNN(nn.Module):
         hidden = hidden.reshape(hidden.shape[0], -1)
         for size in self.dense_sizes:
             hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-            hidden = nn.relu(nn.Dense(size)(hidden))
+            hidden = nn.relu(nn.Dense(size, **dtypes)(hidden))
         hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
-        return nn.Dense(self.num_classes)(hidden)
+        return nn.Dense(self.num_classes, **dtypes)(hidden)

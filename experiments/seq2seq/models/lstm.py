@@ -26,18 +26,21 @@ class Encoder(nn.Module):
     num_layers: int
     dropout_rate: float
     bidirectional: bool
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, embedded: jax.Array, lengths: jax.Array, *, train: bool) -> jax.Array:
         hidden = embedded
+        cell = lambda name: nn.OptimizedLSTMCell(
+            self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
         for layer in range(self.num_layers):
             if layer > 0:
                 hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=not train)
-            forward = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size, name=f"forward_lstm_{layer}"))
+            forward = nn.RNN(cell(f"forward_lstm_{layer}"))
             if self.bidirectional:
-                backward = nn.RNN(
-                    nn.OptimizedLSTMCell(self.hidden_size, name=f"backward_lstm_{layer}")
-                )
+                backward = nn.RNN(cell(f"backward_lstm_{layer}"))
                 hidden = nn.Bidirectional(forward, backward)(hidden, seq_lengths=lengths)
             else:
                 hidden = forward(hidden, seq_lengths=lengths)
@@ -51,6 +54,8 @@ class AttentionDecoderCell(nn.Module):
     hidden_size: int
     num_layers: int
     dropout_rate: float
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -64,25 +69,25 @@ class AttentionDecoderCell(nn.Module):
         """`embedded_token [batch, embedding_size]`, `encoded [batch, input_length, features]`,
         `source_mask [batch, input_length]` -> (state, attentional vector `[batch, hidden_size]`).
         """
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         layer_input = jnp.concatenate([embedded_token, state["attentional"]], axis=-1)
         carries = []
         for layer, carry in enumerate(state["carries"]):
             if layer > 0:
                 layer_input = nn.Dropout(self.dropout_rate)(layer_input, deterministic=not train)
-            carry, layer_input = nn.OptimizedLSTMCell(self.hidden_size, name=f"lstm_{layer}")(
-                carry, layer_input
-            )
+            lstm = nn.OptimizedLSTMCell(self.hidden_size, name=f"lstm_{layer}", **dtypes)
+            carry, layer_input = lstm(carry, layer_input)
             carries.append(carry)
         top = layer_input
         # score(top, encoded_j) = top^T W encoded_j; projecting the query costs less than
         # projecting every encoder position.
-        query = nn.Dense(encoded.shape[-1], use_bias=False, name="attention_query")(top)
+        query = nn.Dense(encoded.shape[-1], use_bias=False, name="attention_query", **dtypes)(top)
         scores = jnp.einsum("bf,bsf->bs", query, encoded)
         scores = jnp.where(source_mask, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(encoded.dtype)
         context = jnp.einsum("bs,bsf->bf", weights, encoded)
         attentional = jnp.tanh(
-            nn.Dense(self.hidden_size, use_bias=False, name="attentional")(
+            nn.Dense(self.hidden_size, use_bias=False, name="attentional", **dtypes)(
                 jnp.concatenate([context, top], axis=-1)
             )
         )
@@ -103,14 +108,18 @@ class LSTMSeq2Seq(nn.Module):
     num_layers: int = 2
     dropout_rate: float = 0.2
     bidirectional_encoder: bool = True
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     def setup(self):
-        self.input_embedding = nn.Embed(self.input_vocab_size, self.embedding_size)
-        self.target_embedding = nn.Embed(self.target_vocab_size, self.embedding_size)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        self.input_embedding = nn.Embed(self.input_vocab_size, self.embedding_size, **dtypes)
+        self.target_embedding = nn.Embed(self.target_vocab_size, self.embedding_size, **dtypes)
         self.encoder = Encoder(
-            self.hidden_size, self.num_layers, self.dropout_rate, self.bidirectional_encoder
-        )
-        self.initial_state_projection = nn.Dense(2 * self.num_layers * self.hidden_size)
+            self.hidden_size, self.num_layers, self.dropout_rate, self.bidirectional_encoder,
+            **dtypes,
+        )  # fmt: skip
+        self.initial_state_projection = nn.Dense(2 * self.num_layers * self.hidden_size, **dtypes)
         # The decoder runs through time with nn.scan, both for teacher forcing and (for one
         # step) when decoding, so both use the same parameters.
         self.decoder = nn.scan(
@@ -119,8 +128,8 @@ class LSTMSeq2Seq(nn.Module):
             split_rngs={"params": False, "dropout": True},
             in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast),
             out_axes=1,
-        )(self.hidden_size, self.num_layers, self.dropout_rate)
-        self.output_projection = nn.Dense(self.target_vocab_size)
+        )(self.hidden_size, self.num_layers, self.dropout_rate, **dtypes)
+        self.output_projection = nn.Dense(self.target_vocab_size, **dtypes)
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def encode(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:

@@ -28,20 +28,25 @@ class PositionEmbedding(nn.Module):
     kind: str  # "sinusoidal" or "learned"
     max_length: int
     width: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, positions: jax.Array) -> jax.Array:
         if self.kind == "sinusoidal":
-            return sinusoidal_position_embeddings(positions, self.width)
+            return sinusoidal_position_embeddings(positions, self.width).astype(self.dtype)
         if positions.shape[-1] > self.max_length:
             raise ValueError(
                 f"A sequence of {positions.shape[-1]} tokens exceeds the {self.max_length} "
                 "learned positions; raise the model's max_length or shorten the data."
             )
         table = self.param(
-            "embedding", nn.initializers.normal(stddev=0.02), (self.max_length, self.width)
+            "embedding",
+            nn.initializers.normal(stddev=0.02),
+            (self.max_length, self.width),
+            self.param_dtype,
         )
-        return table[positions]
+        return table[positions].astype(self.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -55,6 +60,8 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     width: int
     attention_dropout_rate: float
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -68,9 +75,12 @@ class MultiHeadAttention(nn.Module):
         cache_index: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         head_width = self.width // self.num_heads
-        query = nn.DenseGeneral((self.num_heads, head_width), name="query")(queries)
-        key = nn.DenseGeneral((self.num_heads, head_width), name="key")(memory)
-        value = nn.DenseGeneral((self.num_heads, head_width), name="value")(memory)
+        dense = lambda features, name, **kwargs: nn.DenseGeneral(
+            features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kwargs
+        )
+        query = dense((self.num_heads, head_width), "query")(queries)
+        key = dense((self.num_heads, head_width), "key")(memory)
+        value = dense((self.num_heads, head_width), "value")(memory)
         if cache is not None:
             cache_length = cache["keys"].shape[1]
             at_index = jnp.arange(cache_length)[None, :] == cache_index[:, None]
@@ -80,10 +90,11 @@ class MultiHeadAttention(nn.Module):
             cache = {"keys": key, "values": value}
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_width)
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        weights = jax.nn.softmax(logits, axis=-1)
+        # The softmax in float32: its sum loses too much in bfloat16 or float16.
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-        return nn.DenseGeneral(self.width, axis=(-2, -1), name="output")(attended), cache
+        return dense(self.width, "output", axis=(-2, -1))(attended), cache
 
 
 class MLP(nn.Module):
@@ -92,12 +103,15 @@ class MLP(nn.Module):
     width: int
     mlp_width: int
     dropout_rate: float
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, hidden: jax.Array, *, train: bool) -> jax.Array:
-        hidden = nn.relu(nn.Dense(self.mlp_width)(hidden))
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        hidden = nn.relu(nn.Dense(self.mlp_width, **dtypes)(hidden))
         hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=not train)
-        return nn.Dense(self.width)(hidden)
+        return nn.Dense(self.width, **dtypes)(hidden)
 
 
 def _before_sublayer(hidden, norm, pre_layer_norm):
@@ -117,20 +131,24 @@ class EncoderLayer(nn.Module):
     dropout_rate: float
     attention_dropout_rate: float
     pre_layer_norm: bool
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, hidden: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
         """`hidden [batch, length, width]`, `mask [batch, 1, 1, length]` -> same as hidden."""
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-        norm = nn.LayerNorm(name="attention_norm")
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        norm = nn.LayerNorm(name="attention_norm", **dtypes)
         normed = _before_sublayer(hidden, norm, self.pre_layer_norm)
         update, _ = MultiHeadAttention(
-            self.num_heads, self.width, self.attention_dropout_rate, name="attention"
+            self.num_heads, self.width, self.attention_dropout_rate, name="attention", **dtypes
         )(normed, normed, mask, train=train)
         hidden = _after_residual(hidden + dropout(update), norm, self.pre_layer_norm)
-        norm = nn.LayerNorm(name="mlp_norm")
+        norm = nn.LayerNorm(name="mlp_norm", **dtypes)
         normed = _before_sublayer(hidden, norm, self.pre_layer_norm)
-        update = MLP(self.width, self.mlp_width, self.dropout_rate, name="mlp")(normed, train=train)
+        mlp = MLP(self.width, self.mlp_width, self.dropout_rate, name="mlp", **dtypes)
+        update = mlp(normed, train=train)
         return _after_residual(hidden + dropout(update), norm, self.pre_layer_norm)
 
 
@@ -143,6 +161,8 @@ class DecoderLayer(nn.Module):
     dropout_rate: float
     attention_dropout_rate: float
     pre_layer_norm: bool
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -159,22 +179,24 @@ class DecoderLayer(nn.Module):
         """`hidden [batch, length, width]`, `encoded [batch, input_length, width]`, masks
         `[batch, 1, length, keys]` -> (hidden, new layer cache or None)."""
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         attention = lambda name: MultiHeadAttention(
-            self.num_heads, self.width, self.attention_dropout_rate, name=name
+            self.num_heads, self.width, self.attention_dropout_rate, name=name, **dtypes
         )
-        norm = nn.LayerNorm(name="self_attention_norm")
+        norm = nn.LayerNorm(name="self_attention_norm", **dtypes)
         normed = _before_sublayer(hidden, norm, self.pre_layer_norm)
         update, cache = attention("self_attention")(
             normed, normed, self_attention_mask, train=train, cache=cache, cache_index=cache_index
         )
         hidden = _after_residual(hidden + dropout(update), norm, self.pre_layer_norm)
-        norm = nn.LayerNorm(name="cross_attention_norm")
+        norm = nn.LayerNorm(name="cross_attention_norm", **dtypes)
         normed = _before_sublayer(hidden, norm, self.pre_layer_norm)
         update, _ = attention("cross_attention")(normed, encoded, cross_attention_mask, train=train)
         hidden = _after_residual(hidden + dropout(update), norm, self.pre_layer_norm)
-        norm = nn.LayerNorm(name="mlp_norm")
+        norm = nn.LayerNorm(name="mlp_norm", **dtypes)
         normed = _before_sublayer(hidden, norm, self.pre_layer_norm)
-        update = MLP(self.width, self.mlp_width, self.dropout_rate, name="mlp")(normed, train=train)
+        mlp = MLP(self.width, self.mlp_width, self.dropout_rate, name="mlp", **dtypes)
+        update = mlp(normed, train=train)
         return _after_residual(hidden + dropout(update), norm, self.pre_layer_norm), cache
 
 
@@ -201,6 +223,8 @@ class Transformer(nn.Module):
     share_embeddings: bool = False
     positions: str = "sinusoidal"  # or "learned"
     max_length: int = 256
+    dtype: Any = jnp.float32  # computation
+    param_dtype: Any = jnp.float32
 
     def setup(self):
         if self.share_embeddings and self.input_vocab_size != self.target_vocab_size:
@@ -217,19 +241,22 @@ class Transformer(nn.Module):
         # Scaled up by sqrt(width) when embedding, so entries are O(1) there and logits are O(1)
         # when the table doubles as the output projection.
         embedding_init = nn.initializers.normal(stddev=self.width**-0.5)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         self.target_embedding = nn.Embed(
-            self.target_vocab_size, self.width, embedding_init=embedding_init
+            self.target_vocab_size, self.width, embedding_init=embedding_init, **dtypes
         )
         if self.share_embeddings:
             self.input_embedding = self.target_embedding
         else:
             self.input_embedding = nn.Embed(
-                self.input_vocab_size, self.width, embedding_init=embedding_init
+                self.input_vocab_size, self.width, embedding_init=embedding_init, **dtypes
             )
-            self.output_projection = nn.Dense(self.target_vocab_size)
-        self.input_positions = PositionEmbedding(self.positions, self.max_length, self.width)
-        self.target_positions = PositionEmbedding(self.positions, self.max_length, self.width)
+            self.output_projection = nn.Dense(self.target_vocab_size, **dtypes)
+        positions = lambda: PositionEmbedding(self.positions, self.max_length, self.width, **dtypes)
+        self.input_positions = positions()
+        self.target_positions = positions()
         layer_fields = dict(
+            **dtypes,
             width=self.width,
             num_heads=self.num_heads,
             mlp_width=self.mlp_width,
@@ -241,8 +268,8 @@ class Transformer(nn.Module):
         self.decoder_layers = [DecoderLayer(**layer_fields) for _ in range(self.num_layers)]
         # Pre-LN leaves the residual stream unnormalized, so each stack ends with a LayerNorm.
         if self.pre_layer_norm:
-            self.encoder_norm = nn.LayerNorm()
-            self.decoder_norm = nn.LayerNorm()
+            self.encoder_norm = nn.LayerNorm(**dtypes)
+            self.decoder_norm = nn.LayerNorm(**dtypes)
         self.embedding_dropout = nn.Dropout(self.dropout_rate)
 
     def _embed(self, embedding, position_embedding, tokens, positions, train):
