@@ -27,6 +27,9 @@ LOOP_BUDGET_S = {"quick": 4.0, "full": 12.0}
 LOOP_STEPS = {"quick": (10, 300), "full": (20, 2000)}
 
 
+SCALING_KEYS = ("dtype", "param_dtype", "grad_accum_steps", "steps_per_dispatch", "xla_flags")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -69,7 +72,9 @@ def bare_step(config, task, dataset) -> dict:
     run.close()
     shutil.rmtree(workdir, ignore_errors=True)
     carry = {"state": parallel.replicate(run.state)}
-    batch = parallel.shard(run.train_batch(0))
+    # With steps_per_dispatch = k, one call runs k steps on stacked batches.
+    per_call = config.get("steps_per_dispatch", 1)
+    batch = parallel.shard(run.train_batches(0), steps=per_call > 1)
     p_rng = parallel.replicate(run.train_rng)
     start = time.perf_counter()
     compiled = run.train_step.lower(carry["state"], batch, p_rng).compile()
@@ -86,7 +91,7 @@ def bare_step(config, task, dataset) -> dict:
         "parameters": sum(leaf.size for leaf in jax.tree.leaves(run.state.params)),
         "compile_s": compile_s,
         "flops_per_step": flops,
-        "time": lambda budget_s: time_loop(run_steps, budget_s)[2],
+        "time": lambda budget_s: [t / per_call for t in time_loop(run_steps, budget_s)[2]],
     }
 
 
@@ -130,10 +135,12 @@ def loop_config(config, bare_steps_per_s: float, mode: str):
     evaluation splits.
     """
     low, high = LOOP_STEPS[mode]
+    per_call = config.get("steps_per_dispatch", 1)
     num_steps = int(min(high, max(low, LOOP_BUDGET_S[mode] * bare_steps_per_s)))
+    num_steps -= num_steps % per_call  # every cadence is a multiple of steps_per_dispatch
     log_every = config.log_every_steps
     if num_steps < 4 * log_every:
-        log_every = max(1, num_steps // 4)
+        log_every = max(per_call, num_steps // 4 // per_call * per_call)
     short = config.copy_and_resolve_references()
     short.num_train_steps = num_steps
     short.log_every_steps = log_every
@@ -164,9 +171,10 @@ def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     steps_per_s = summary["steps_per_second"]
-    # The loop's clock starts after step 1 (compilation): leave out step 1's batch.
-    loop_seconds = (short.num_train_steps - 1) / steps_per_s
-    input_seconds = sum(input_s[1:]) + sum(shard_s[1:])
+    # The loop's clock starts after the first call (compilation): leave out its batches.
+    per_call = short.get("steps_per_dispatch", 1)
+    loop_seconds = (short.num_train_steps - per_call) / steps_per_s
+    input_seconds = sum(input_s[per_call:]) + sum(shard_s[1:])
     # The last log interval: after the one-time costs of the first log (TensorBoard's writer
     # imports TensorFlow) and before the final checkpoint.
     steady_steps_per_s = summary["train"]["steps_per_second"]
@@ -174,7 +182,7 @@ def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict
         "examples_per_s": steps_per_s * short.batch_size,
         "loop_steps_per_s": steps_per_s,
         "steady_examples_per_s": steady_steps_per_s * short.batch_size,
-        "loop_one_time_s": loop_seconds - (short.num_train_steps - 1) / steady_steps_per_s,
+        "loop_one_time_s": loop_seconds - (short.num_train_steps - per_call) / steady_steps_per_s,
         "input_wait_fraction": input_seconds / loop_seconds,
         "checkpoint_fraction": sum(checkpoint_s) / loop_seconds,
         "loop_cadence": cadence,
@@ -201,10 +209,11 @@ def torch_step(config, dataset, mode: str) -> dict:
     return results
 
 
-def measure(name: str, mode: str, peak_flops: float) -> dict:
-    """Every number of one benchmark row (see run.py for the fields)."""
+def measure(name: str, mode: str, peak_flops: float, settings: dict | None = None) -> dict:
+    """Every number of one benchmark row (see run.py for the fields); `settings` override
+    config keys (run.py --set)."""
     benchmark = suite.BY_NAME[name]
-    config = suite.load_config(benchmark, quick=mode == "quick")
+    config = suite.load_config(benchmark, quick=mode == "quick", settings=settings)
     task = suite.get_task(config)
     artifacts = tempfile.mkdtemp(prefix="benchmark_artifacts_")
     rss_after_imports = peak_rss_mb()
@@ -241,13 +250,16 @@ def measure(name: str, mode: str, peak_flops: float) -> dict:
         "bare_cores_used": cores,
         **{key: value for key, value in loop.items() if key != "examples_per_s"},
     }
-    torch_results = torch_step(config, dataset, mode)
-    row.update(torch_results)
-    row["speedup_vs_torch"] = row["bare_examples_per_s"] / row["torch_examples_per_s"]
     notes = [benchmark.note] if benchmark.note else []
+    try:
+        row.update(torch_step(config, dataset, mode))
+        row["speedup_vs_torch"] = row["bare_examples_per_s"] / row["torch_examples_per_s"]
+    except ModuleNotFoundError:  # benchmarks/requirements.txt not installed
+        notes.append("PyTorch not installed: no torch columns")
     if mode == "quick" and benchmark.quick_overrides:
         notes.append(f"--quick overrides {benchmark.quick_overrides}")
     row["notes"] = "; ".join(notes)
+    row["settings"] = {key: config.get(key) for key in SCALING_KEYS}
     return row
 
 

@@ -9,6 +9,7 @@ compilation cache. See NOTES.md for what the numbers mean and how they were chec
 """
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -70,13 +71,31 @@ def child_environment(extra_xla_flags: str, cache_dir: str | None = None) -> dic
     return environment
 
 
-def run_benchmark(name: str, mode: str, peak_flops: float, xla_flags: str) -> dict:
+def parse_settings(items: list[str]) -> dict:
+    """`--set key=value` pairs as config values (Python literals, else strings)."""
+    settings = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    return settings
+
+
+def run_benchmark(
+    name: str, mode: str, peak_flops: float, xla_flags: str, settings: list[str]
+) -> dict:
     """One benchmark in a fresh process; its own compilation cache lets the full loop reuse
-    the bare step's executable instead of compiling it a second time."""
+    the bare step's executable instead of compiling it a second time. The config's
+    `xla_flags` are added to the process's XLA_FLAGS, as launch.py does."""
+    config = suite.load_config(suite.BY_NAME[name], mode == "quick", parse_settings(settings))
+    xla_flags = f"{xla_flags} {config.get('xla_flags', '')}".strip()
     cache_dir = tempfile.mkdtemp(prefix="benchmark_cache_")
     row_file = os.path.join(cache_dir, "row.json")
     command = [sys.executable, os.path.abspath(__file__), "--child", name, "--mode", mode,
                "--peak-flops", str(peak_flops), "--out", row_file]  # fmt: skip
+    command += [f"--set={item}" for item in settings]
     start = time.perf_counter()
     try:
         result = subprocess.run(
@@ -152,6 +171,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(suite.BY_NAME), help="these benchmarks")
     parser.add_argument("--skip-launch", action="store_true", help="no launch.py timing")
     parser.add_argument("--xla-flags", default="", help="added to XLA_FLAGS of every benchmark")
+    parser.add_argument(
+        "--set", action="append", default=[], help="KEY=VALUE: a config key of every benchmark"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
@@ -159,7 +181,7 @@ def main() -> None:
     if args.child:
         from benchmarks import measure
 
-        row = measure.measure(args.child, args.mode, args.peak_flops)
+        row = measure.measure(args.child, args.mode, args.peak_flops, parse_settings(args.set))
         with open(args.out, "w") as file:
             json.dump(measure.numbers_only(row), file)
         return
@@ -170,7 +192,7 @@ def main() -> None:
     print(f"float32 matmul peak: {peak_before / 1e9:.0f} GFLOP/s", flush=True)
     rows = []
     for name in args.only or list(suite.BY_NAME):
-        rows.append(run_benchmark(name, mode, peak_before, args.xla_flags))
+        rows.append(run_benchmark(name, mode, peak_before, args.xla_flags, args.set))
         print(f"{name}: {rows[-1].get('process_s', 0):.0f} s", flush=True)
     peak_after = matmul_peak_flops()
     startup = None if args.skip_launch else launch_times(steps=10 if args.quick else 20)

@@ -107,8 +107,11 @@ BENCHMARKS = [
 BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
 
 
-def load_config(benchmark: Benchmark, quick: bool) -> ml_collections.ConfigDict:
-    """The benchmark's config file with its overrides (and the quick ones under --quick)."""
+def load_config(
+    benchmark: Benchmark, quick: bool, settings: dict | None = None
+) -> ml_collections.ConfigDict:
+    """The benchmark's config file with its overrides (and the quick ones under --quick),
+    then `settings` (run.py --set)."""
     spec = importlib.util.spec_from_file_location(
         "benchmark_config", os.path.join(CONFIGS, benchmark.config_path)
     )
@@ -118,6 +121,7 @@ def load_config(benchmark: Benchmark, quick: bool) -> ml_collections.ConfigDict:
     for key, value in {
         **benchmark.overrides,
         **(benchmark.quick_overrides if quick else {}),
+        **(settings or {}),
     }.items():
         config[key] = value
     return config

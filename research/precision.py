@@ -32,6 +32,19 @@ def uses_loss_scaling(config: ml_collections.ConfigDict) -> bool:
     return config.get("dtype", "float32") == "float16"
 
 
+def record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What run.json says about the run's numerics and the XLA flags its config asked for."""
+    return {
+        "precision": {
+            "dtype": config.get("dtype", "float32"),
+            "param_dtype": config.get("param_dtype", "float32"),
+            "master_weights_loss_and_optimizer_state": "float32",
+            "loss_scaling": "dynamic" if uses_loss_scaling(config) else "none",
+        },
+        "config_xla_flags": config.get("xla_flags", ""),
+    }
+
+
 def cast_floating(tree: Any, dtype) -> Any:
     """Every floating-point leaf of `tree` as `dtype`; other leaves (integers) unchanged."""
 

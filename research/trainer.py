@@ -205,7 +205,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     writer = workdir_lib.Writer(workdir, start_time)
     start_time -= writer.keep_records_until(int(state.step))  # the clock runs on over restarts
     writer.write_config(config)
-    record = workdir_lib.run_record(data.fingerprint(dataset))
+    record = {**workdir_lib.run_record(data.fingerprint(dataset)), **precision.record(config)}
     if restored is not None:  # a resumed run keeps what its first launch started from
         initialized_from = workdir_lib.read_run(workdir).get("initialized_from")
     if initialized_from:

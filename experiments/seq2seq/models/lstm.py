@@ -14,6 +14,11 @@ from experiments.seq2seq.tokens import PAD_ID
 DecoderState = dict[str, Any]
 
 
+def _orthogonal_float32(key, shape, dtype=jnp.float32):
+    """Orthogonal initialization computed in float32 (its QR has no bfloat16 kernel)."""
+    return nn.initializers.orthogonal()(key, shape, jnp.float32).astype(dtype)
+
+
 class Encoder(nn.Module):
     """Stacked (optionally bidirectional) LSTMs over `embedded [batch, length, embedding_size]`.
 
@@ -33,8 +38,9 @@ class Encoder(nn.Module):
     def __call__(self, embedded: jax.Array, lengths: jax.Array, *, train: bool) -> jax.Array:
         hidden = embedded
         cell = lambda name: nn.OptimizedLSTMCell(
-            self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-        )
+            self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+            recurrent_kernel_init=_orthogonal_float32, name=name,
+        )  # fmt: skip
         for layer in range(self.num_layers):
             if layer > 0:
                 hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=not train)
@@ -70,12 +76,15 @@ class AttentionDecoderCell(nn.Module):
         `source_mask [batch, input_length]` -> (state, attentional vector `[batch, hidden_size]`).
         """
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        recurrent_init = {"recurrent_kernel_init": _orthogonal_float32}
         layer_input = jnp.concatenate([embedded_token, state["attentional"]], axis=-1)
         carries = []
         for layer, carry in enumerate(state["carries"]):
             if layer > 0:
                 layer_input = nn.Dropout(self.dropout_rate)(layer_input, deterministic=not train)
-            lstm = nn.OptimizedLSTMCell(self.hidden_size, name=f"lstm_{layer}", **dtypes)
+            lstm = nn.OptimizedLSTMCell(
+                self.hidden_size, name=f"lstm_{layer}", **dtypes, **recurrent_init
+            )
             carry, layer_input = lstm(carry, layer_input)
             carries.append(carry)
         top = layer_input
