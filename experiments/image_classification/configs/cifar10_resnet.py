@@ -31,4 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 2000
     config.log_every_steps = 200
     config.checkpoint_every_steps = 2000
+    # YNNPACK off: Eigen's multi-threaded convolutions, 8-13% faster steps for this config on
+    # a 2-core CPU (benchmarks/NOTES.md); launch.py sets it before the backend starts.
+    config.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
     return config
