@@ -81,6 +81,7 @@ def bare_step(config, task, dataset) -> dict:
     compile_s = time.perf_counter() - start
     # Per-device program; with N local devices the step does N times this work.
     flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * parallel.local_device_count()
+    flops /= per_call  # per training step
 
     def run_steps(count):
         for _ in range(count):
