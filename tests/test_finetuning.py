@@ -274,7 +274,7 @@ def test_class_subset_keeps_the_first_examples_of_each_class_relabelled(data_dir
     kept = np.flatnonzero((test_labels == 7) | (test_labels == 2))
     np.testing.assert_array_equal(subset.eval_splits["test"]["inputs"],
                                   everything.eval_splits["test"]["inputs"][kept])  # fmt: skip
-    assert subset.info == {"num_classes": 2}
+    assert subset.info["num_classes"] == 2 and subset.info["original_classes"] == [7, 2]
     # Multi-label targets still describe the original digits (7: >= 5, odd, not in 0689).
     config = _mlp_config(data_dir, (16,), classes=(7, 2), train_examples_per_class=5)
     config.loss, config.labels = "binary_cross_entropy", "digit_attributes"

@@ -111,8 +111,10 @@ class Codec:
         if self.raw_dtype.kind in "iu" and not np.array_equal(cast, raw):
             raise InputError(f"expected {self._expected()}, got values outside that range")
         # The raw dtype first, then float64 arithmetic: the bits the trainer's model saw.
-        inputs = ((cast.reshape(self.raw_shape) - self.mean) / self.std).astype(np.float32)
-        return {"inputs": inputs}
+        inputs = cast.reshape(self.raw_shape)
+        if inputs.ndim == 1:  # a 1-D signal gets a channel axis, as in task.load_data
+            inputs = inputs[..., None]
+        return {"inputs": ((inputs - self.mean) / self.std).astype(np.float32)}
 
     def parse(self, instance) -> dict[str, np.ndarray]:
         try:
