@@ -7,12 +7,13 @@ James Bible (Debian's `bible-kjv-text`), `prepare_fortunes` the fortune cookies 
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
+
+from experiments.seq2seq.corpora import read_lines
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_ROOT = "~/tensorflow_datasets/language_modeling"
@@ -28,25 +29,6 @@ def _split_of(index: int) -> str:
     return {HELD_OUT_PERIOD - 2: "valid", HELD_OUT_PERIOD - 1: "test"}.get(
         index % HELD_OUT_PERIOD, "train"
     )
-
-
-def _read_lines(path: pathlib.Path) -> list[str]:
-    """Lines of a UTF-8 file, gzipped if its name ends in .gz, without line endings."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        raw = file.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise ValueError(
-            f"{path} line {line} is not UTF-8 text; convert the file to UTF-8 (for example "
-            "with iconv) or remove that line."
-        ) from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
 
 
 def read_text_folder(folder: str | os.PathLike, splits=SPLITS) -> dict[str, list[str]]:
@@ -68,7 +50,7 @@ def read_text_folder(folder: str | os.PathLike, splits=SPLITS) -> dict[str, list
                 f"{folder} {problem} {split}.txt and {split}.txt.gz; keep exactly one of them "
                 "(plain text, one document or sentence a line)."
             )
-        lines = _read_lines(found[0])
+        lines = read_lines(found[0])
         if not any(lines):
             raise ValueError(f"{found[0]} is empty; put text in it, one document a line.")
         result[split] = lines

@@ -16,8 +16,11 @@ WMT_DATASETS = ("wmt14_translate/de-en", "wmt17_translate/de-en")
 _TFDS_READ_BATCH_SIZE = 4096
 
 
-def _read_lines(path: pathlib.Path) -> list[str]:
-    """Lines of a UTF-8 text file, gzipped if its name ends in .gz, without line endings."""
+def read_lines(path: pathlib.Path, fix: str = "remove that line") -> list[str]:
+    """Lines of a UTF-8 text file, gzipped if its name ends in .gz, without line endings.
+
+    `fix` ends the message of a line that is not UTF-8.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as file:
         raw = file.read()
@@ -27,7 +30,7 @@ def _read_lines(path: pathlib.Path) -> list[str]:
         line = raw[: error.start].count(b"\n") + 1
         raise ValueError(
             f"{path} line {line} is not UTF-8 text; convert the file to UTF-8 (for example "
-            f"with iconv) or remove that line from both sides."
+            f"with iconv) or {fix}."
         ) from None
     # Split on "\n" alone: text mode would also split on a stray "\r" or "\x85" inside a sentence
     # and so shift one side against the other.
@@ -81,8 +84,8 @@ def read_parallel_folder(
     for stem in ["train", "val", *test_stems]:
         if stem not in source_files or stem not in target_files:
             continue
-        sources = _read_lines(source_files[stem])
-        targets = _read_lines(target_files[stem])
+        sources = read_lines(source_files[stem], "remove that line from both sides")
+        targets = read_lines(target_files[stem], "remove that line from both sides")
         if not sources:
             raise ValueError(
                 f"{source_files[stem]} is empty; put one sentence a line in it, or remove the "
