@@ -12,6 +12,8 @@ import optax
 import pytest
 
 from experiments.image_classification.models import cnn, mlp, resnet
+from experiments.language_modeling.models.lstm import LSTMLM
+from experiments.language_modeling.models.transformer import TransformerLM
 from experiments.regression import models as regression_models
 from experiments.seq2seq.models import lstm, transformer
 from research import config as config_lib
@@ -127,7 +129,14 @@ MODELS = [
      width=8, num_heads=2, mlp_width=16), ((2, 4), (2, 3))),
     (lstm.LSTMSeq2Seq, dict(input_vocab_size=9, target_vocab_size=9, embedding_size=8,
      hidden_size=8, num_layers=1), ((2, 4), (2, 3))),
+    (TransformerLM, dict(vocab_size=9, num_layers=1, width=8, num_heads=2, mlp_width=16,
+     max_length=4), ((2, 4),)),
+    (LSTMLM, dict(vocab_size=9, embedding_size=8, hidden_size=8, num_layers=1), ((2, 4),)),
 ]  # fmt: skip
+# Outputs these models return in float32 by design: regression predictions in the target's
+# units, and language models' logits (a softmax over the vocabulary).
+FLOAT32_OUTPUTS = (regression_models.MLP, TransformerLM, LSTMLM)
+TOKEN_MODELS = (transformer.Transformer, lstm.LSTMSeq2Seq, TransformerLM, LSTMLM)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +145,7 @@ MODELS = [
 def test_every_model_computes_in_its_dtype_and_stores_its_param_dtype(model_class, fields, shapes):
     model = model_class(**fields, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     inputs = [
-        jnp.ones(shape, jnp.int32) if model_class in (transformer.Transformer, lstm.LSTMSeq2Seq)
+        jnp.ones(shape, jnp.int32) if model_class in TOKEN_MODELS
         else jnp.ones(shape, jnp.float32)
         for shape in shapes
     ]  # fmt: skip
@@ -146,8 +155,7 @@ def test_every_model_computes_in_its_dtype_and_stores_its_param_dtype(model_clas
         jnp.dtype(jnp.bfloat16)
     }
     outputs = jax.eval_shape(lambda v: model.apply(v, *inputs, train=False), variables)
-    # Regression predictions are scaled to the target's units in float32 by design.
-    expected = jnp.float32 if model_class is regression_models.MLP else jnp.bfloat16
+    expected = jnp.float32 if model_class in FLOAT32_OUTPUTS else jnp.bfloat16
     assert outputs.dtype == jnp.dtype(expected)
 
 

@@ -20,7 +20,7 @@ from experiments.language_modeling import corpora, generation, ngram, tokenizers
 from experiments.language_modeling.models import lstm, transformer
 from experiments.seq2seq import tokenizers as seq2seq_tokenizers
 from experiments.seq2seq.tokens import BOS_ID, EOS_ID, PAD_ID
-from research import data
+from research import data, precision
 from research.config import ConfigError
 from research.task import Task, model_from_config
 
@@ -132,7 +132,9 @@ def create_model(config: ml_collections.ConfigDict, info: dict):
             f"config.sequence_length={config.sequence_length}; raise "
             "--config.model.max_length to at least the sequence length."
         )
-    return model_from_config(MODELS, config.model, vocab_size=info["vocab_size"])
+    return model_from_config(
+        MODELS, config.model, vocab_size=info["vocab_size"], **precision.model_dtypes(config)
+    )
 
 
 def model_inputs(batch):
