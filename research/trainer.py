@@ -400,11 +400,8 @@ def _train(run: Run) -> dict[str, Any]:
     run.state = None  # the replicated copy is the only live state from here on
     num_steps = config.num_train_steps
     per_dispatch = config.get("steps_per_dispatch", 1)
-    if first_step % per_dispatch:
-        raise ConfigError(
-            f"The checkpoint is at step {first_step}, not a multiple of "
-            f"config.steps_per_dispatch={per_dispatch}; resume with a value that divides it."
-        )
+    # A run resumes only with its own config, whose cadences are multiples of per_dispatch.
+    assert first_step % per_dispatch == 0, (first_step, per_dispatch)
     interval, train_metrics, eval_results = Interval(first_step, per_dispatch), {}, {}
     last_saved = first_step or None
     loop_start = loop_first_step = None
