@@ -30,21 +30,13 @@ from research import (
     steps,
     streaming,
 )
+from research import interval as interval_lib
 from research import workdir as workdir_lib
 from research.config import ConfigError, check_parameter_patterns, validate
-from research.errors import UserError
 from research.task import Task
 
-# Steps dispatched ahead of the host. Unbounded, a CPU with fewer cores than simulated devices
-# can start a later step's collectives on some devices while others still wait in an earlier
-# one, and the all-reduce times out; two keep the devices busy without that.
-MAX_STEPS_IN_FLIGHT = 2
 # Where --overwrite prepares the new run's artifacts while the old run is still in place.
 INCOMING_ARTIFACTS = workdir_lib.ARTIFACTS_DIR + ".incoming"
-
-
-class TrainingDivergedError(UserError, FloatingPointError):
-    """The loss or a gradient became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -276,93 +268,6 @@ def _initialize_from(
     return state, {**record, "reinitialized": report.reinitialized, "absent": report.absent}
 
 
-class Interval:
-    """The step outputs since the last log: divergence check, metrics and speed.
-
-    Each `add` holds the outputs of one dispatch: one step, or `steps_per_dispatch` steps
-    stacked on a leading axis.
-    """
-
-    def __init__(self, first_step: int, steps_per_dispatch: int = 1):
-        self.first_step, self.start, self.outputs, self._host = first_step, time.time(), [], []
-        self.steps_per_dispatch, self._fetched_dispatches = steps_per_dispatch, 0
-
-    def add(self, outputs: dict) -> None:
-        self.outputs.append(outputs)
-        if len(self.outputs) > MAX_STEPS_IN_FLIGHT:
-            jax.block_until_ready(self.outputs[-MAX_STEPS_IN_FLIGHT - 1])
-
-    def _fetched(self) -> list[dict]:
-        """Host copies of the outputs, each fetched once (checkpoints and logs both read them)."""
-        for outputs in self.outputs[self._fetched_dispatches :]:
-            host = parallel.unreplicate(outputs)
-            if self.steps_per_dispatch == 1:
-                self._host.append(host)
-            else:
-                count = self.steps_per_dispatch
-                self._host += [jax.tree.map(lambda leaf, i=i: leaf[i], host) for i in range(count)]
-        self._fetched_dispatches = len(self.outputs)
-        return self._host
-
-    def first_nonfinite_step(self) -> int | None:
-        """The 1-based step number whose loss or gradient was not finite, if any."""
-        finite = [bool(f["diagnostics"]["all_finite"]) for f in self._fetched()]
-        return None if all(finite) else self.first_step + 1 + finite.index(False)
-
-    def summarize(self, task: Task, done: int) -> dict[str, float]:
-        """Training metrics over the interval; starts the next interval at `done`."""
-        fetched = self._fetched()
-        sums = {
-            name: float(np.sum([f["sums"][name] for f in fetched], dtype=np.float64))
-            for name in fetched[0]["sums"]
-        }
-        now = time.time()
-        metrics = {
-            **task.summarize_checked(sums),
-            "grad_norm": float(np.mean([f["diagnostics"]["grad_norm"] for f in fetched])),
-            "learning_rate": float(fetched[-1]["diagnostics"]["learning_rate"]),
-            **(
-                {"loss_scale": float(fetched[-1]["diagnostics"]["loss_scale"])}
-                if "loss_scale" in fetched[-1]["diagnostics"]
-                else {}
-            ),
-            "steps_per_second": (done - self.first_step) / (now - self.start),
-        }
-        self.first_step, self.start, self.outputs, self._host = done, now, [], []
-        self._fetched_dispatches = 0
-        return metrics
-
-
-def _raise_if_diverged(interval: Interval, last_saved: int | None, config) -> None:
-    """Stops training at a non-finite loss or gradient unless such steps are skipped."""
-    if config.get("skip_nonfinite_steps", False):
-        return
-    bad_step = interval.first_nonfinite_step()
-    if bad_step is not None:
-        kept = (
-            f"the checkpoint of step {last_saved} is intact"
-            if last_saved
-            else "no checkpoint had been saved yet"
-        )
-        raise TrainingDivergedError(
-            f"The loss or a gradient became NaN or infinite at step {bad_step}; {kept}: lower "
-            "the learning rate, set --config.grad_clip_norm, or set "
-            "--config.skip_nonfinite_steps=True."
-        )
-
-
-def _log_progress(done: int, num_steps: int, train_metrics: dict[str, float], speed) -> None:
-    """One line; the ETA uses `speed`, the rate since the first step compiled."""
-    logging.info(
-        "step %d/%d  loss %.5g  %.1f steps/s  ETA %s",
-        done,
-        num_steps,
-        train_metrics["loss"],
-        speed,
-        time.strftime("%H:%M:%S", time.gmtime((num_steps - done) / speed)),
-    )
-
-
 def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:
     names = sorted({name for metrics in split_metrics.values() for name in metrics})
     lines = ["split  " + "".join(f"{name:>18}" for name in names)]
@@ -402,7 +307,7 @@ def _train(run: Run) -> dict[str, Any]:
     per_dispatch = config.get("steps_per_dispatch", 1)
     # A run resumes only with its own config, whose cadences are multiples of per_dispatch.
     assert first_step % per_dispatch == 0, (first_step, per_dispatch)
-    interval, train_metrics, eval_results = Interval(first_step, per_dispatch), {}, {}
+    interval, train_metrics, eval_results = interval_lib.Interval(first_step, per_dispatch), {}, {}
     last_saved = first_step or None
     loop_start = loop_first_step = None
     with preemption.SignalWatcher() as signals:
@@ -419,13 +324,13 @@ def _train(run: Run) -> dict[str, Any]:
             stop = signals.should_stop(at_sync_point=must_log)
             must_save = done % config.checkpoint_every_steps == 0 or is_last or stop
             if must_log or must_save:
-                _raise_if_diverged(interval, last_saved, config)
+                interval_lib.raise_if_diverged(interval, last_saved, config)
             if must_log:
                 train_metrics = interval.summarize(run.task, done)
                 run.writer.write_metrics(done, "train", train_metrics)
                 elapsed = time.time() - loop_start
                 speed = (done - loop_first_step) / elapsed if done > loop_first_step else 0.0
-                _log_progress(
+                interval_lib.log_progress(
                     done, num_steps, train_metrics, speed or train_metrics["steps_per_second"]
                 )
             if done % config.eval_every_steps == 0 or is_last:

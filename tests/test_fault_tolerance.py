@@ -11,7 +11,7 @@ from unittest import mock
 import orbax.checkpoint as ocp
 import pytest
 
-from research import checkpoints, trainer
+from research import checkpoints, interval
 from research import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import (
@@ -103,7 +103,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_d
         checkpoint_every_steps=1,
     )
     config.data_dir = data_dir
-    with pytest.raises(trainer.TrainingDivergedError, match=r"at step (\d+);") as error:
+    with pytest.raises(interval.TrainingDivergedError, match=r"at step (\d+);") as error:
         run_experiment(config, tmp_path)
     bad_step = int(error.value.args[0].split("at step ")[1].split(";")[0])
     kept = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
