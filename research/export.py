@@ -213,6 +213,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "The directory to write; must not exist or be empty.")
     flags.DEFINE_integer("step", None, "The checkpoint to export; the latest by default.")
     flags.DEFINE_list("beam_sizes", None, "seq2seq: beam sizes to export (default 1, config's).")
+    flags.DEFINE_integer("max_prompt_length", None, "Language modeling: longest prompt (tokens).")
+    flags.DEFINE_integer("max_new_tokens", None, "Language modeling: tokens generated.")
 
 
 def main(argv) -> None:
@@ -220,6 +222,9 @@ def main(argv) -> None:
     if not FLAGS.workdir or not FLAGS.out:
         raise app.UsageError("Pass --workdir=RUN and --out=DIR.")
     options = {"beam_sizes": [int(b) for b in FLAGS.beam_sizes]} if FLAGS.beam_sizes else {}
+    for name in ("max_prompt_length", "max_new_tokens"):
+        if FLAGS[name].value is not None:
+            options[name] = FLAGS[name].value
     try:
         signature = export_run(FLAGS.workdir, FLAGS.out, FLAGS.step, options)
     except UserError as error:

@@ -9,7 +9,8 @@ import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -93,3 +94,22 @@ class Predictor:
 
 def to_json(value: dict) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def text_lines(source: str) -> Iterator[tuple[str, str | InputError]]:
+    """(where, the line's text or an InputError) for every line of `source` ("-" = stdin),
+    for codecs whose inputs are lines of text."""
+    if source == "-":
+        content = sys.stdin.buffer.read()
+    else:
+        with open(source, "rb") as file:
+            content = file.read()
+    lines = content.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        where = f"{source} line {number}"
+        try:
+            yield where, line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            yield where, InputError(f"{where} is not UTF-8; expected one text per line")

@@ -19,13 +19,23 @@ def define_flags() -> None:
     """The flags predict and serve share: which model, and the task options."""
     flags.DEFINE_string("model", None, "An exported directory (python -m research.export).")
     flags.DEFINE_string("workdir", None, "A run to export to a temporary directory and use.")
-    flags.DEFINE_integer("top_k", None, "Image classification: probabilities shown (default 3).")
+    flags.DEFINE_integer(
+        "top_k",
+        None,
+        "Image classification: probabilities shown (default 3). Language modeling: sample "
+        "among the k most probable tokens (0: all; default the run's config.samples).",
+    )
     flags.DEFINE_integer("beam_size", None, "Seq2seq: an exported beam size (default config's).")
     flags.DEFINE_float("length_penalty", None, "Seq2seq: GNMT alpha (default the config's).")
+    flags.DEFINE_float("temperature", None, "Language modeling: 0 is greedy (default config's).")
+    flags.DEFINE_float("top_p", None, "Language modeling: nucleus sampling (default config's).")
+    flags.DEFINE_integer("seed", None, "Language modeling: the sampling seed (default 0).")
+    flags.DEFINE_integer("max_new_tokens", None, "Language modeling: at most the exported number.")
 
 
 def options_from_flags() -> dict:
-    names = ("top_k", "beam_size", "length_penalty")
+    names = ("top_k", "beam_size", "length_penalty", "temperature", "top_p", "seed")
+    names += ("max_new_tokens",)
     return {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}
 
 

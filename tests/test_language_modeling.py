@@ -15,7 +15,7 @@ import experiments
 from experiments.language_modeling import corpora, generation, ngram, sample, task, tokenizers
 from experiments.language_modeling.models.lstm import LSTMLM
 from experiments.language_modeling.models.transformer import TransformerLM
-from research import data, trainer
+from research import data, export, inference, trainer
 from research import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
@@ -127,6 +127,49 @@ def test_cached_generation_equals_recomputing_the_prefix_and_is_seeded(model):
     assert not np.array_equal(draw(3), draw(4))
 
 
+@pytest.mark.parametrize("model", _models()[::2], ids=["learned", "lstm"])
+def test_rows_of_different_prompt_lengths_generate_as_each_would_alone(model):
+    prompts = jnp.array([[1, 5, 6, 7, 8], [1, 9, 4, 0, 0], [1, 3, 0, 0, 0]], jnp.int32)
+    lengths = jnp.array([5, 3, 2], jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), prompts, train=False)["params"]
+    greedy = generation.Sampling(temperature=0.0)
+
+    def rows(batch, settings, seeds):  # settings: (temperature, top_k, top_p) for every row
+        count = len(batch)
+        t, k, p = (jnp.full((count,), v) for v in settings)
+        return generation.generate_rows(
+            model, params, prompts[batch], lengths[batch], jnp.asarray(seeds), t,
+            k.astype(jnp.int32), p, max_new_tokens=6,
+        )  # fmt: skip
+
+    together = rows(np.arange(3), (0.0, 0, 1.0), [0, 0, 0])
+    for row in range(3):
+        alone = generation.generate(
+            model, params, prompts[row : row + 1, : lengths[row]], jax.random.PRNGKey(0),
+            max_new_tokens=6, sampling=greedy,
+        )  # fmt: skip
+        np.testing.assert_array_equal(together[row], alone[0])
+    sampled = rows(np.arange(3), (1.5, 10, 0.95), [3, 4, 5])
+    np.testing.assert_array_equal(sampled[1], rows(np.array([1]), (1.5, 10, 0.95), [4])[0])
+    assert not np.array_equal(sampled[1], rows(np.array([1]), (1.5, 10, 0.95), [7])[0])
+
+
+def test_sampling_each_row_with_its_own_key_equals_sampling_it_alone():
+    logits = jax.random.normal(jax.random.PRNGKey(1), (4, 30)) * 3
+    keys = jax.random.split(jax.random.PRNGKey(2), 4)
+    settings = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.9), (0.8, 4, 0.5), (0.0, 0, 1.0)]
+    for temperature, top_k, top_p in settings:
+        full = lambda value, dtype=jnp.float32: jnp.full((4,), value, dtype)  # noqa: E731
+        rows = generation.sample_rows(
+            logits, keys, full(temperature), full(top_k, jnp.int32), full(top_p)
+        )
+        sampling = generation.Sampling(temperature, top_k, top_p)
+        alone = [
+            generation.sample_logits(logits[i : i + 1], keys[i], sampling)[0] for i in range(4)
+        ]
+        np.testing.assert_array_equal(rows, np.array(alone))
+
+
 def test_top_k_and_top_p_keep_only_the_most_probable_tokens():
     probabilities = jnp.array([[0.05, 0.05, 0.5, 0.3, 0.1]])  # ids 0, 1 (PAD, BOS) never drawn
     logits = jnp.log(probabilities)
@@ -161,7 +204,7 @@ def _loss_recomputed(workdir, split_lines, sequence_length):
     return nats / np.sum(targets != 0), nats / math.log(2) / text_bytes
 
 
-def test_transformer_run_metrics_samples_and_the_sample_command(tmp_path, capsys):
+def test_transformer_run_metrics_samples_sample_command_and_export(tmp_path, capsys):
     folder = write_text_folder(tmp_path / "text")
     config = load_config(
         os.path.join(CONFIGS, "transformer_char.py"),
@@ -187,6 +230,30 @@ def test_transformer_run_metrics_samples_and_the_sample_command(tmp_path, capsys
     with pytest.raises(SystemExit):  # learned positions run out
         sample.main([*arguments, "--max_new_tokens", "50"])
     assert "learned positions" in capsys.readouterr().err
+
+    # Exported, the model answers greedy prompts with the in-process cached generation's tokens.
+    options = {"max_prompt_length": 6, "max_new_tokens": 5}
+    export.export_run(str(tmp_path / "run"), str(tmp_path / "model"), options=options)
+    model, params, tokenizer = sample.load_run(str(tmp_path / "run"))
+    predictor = inference.Predictor(str(tmp_path / "model"), {"temperature": 0.0})
+    prompts = ["the", "a", "café"]  # 4, 2 and 5 tokens with BOS: three lengths in one batch
+    answers = predictor.predict([predictor.codec.parse(prompt) for prompt in prompts])
+    for prompt, answer in zip(prompts, answers, strict=True):
+        expected = generation.generate(
+            model, params, jnp.asarray([task.prompt_ids(tokenizer, prompt)]),
+            jax.random.PRNGKey(0), max_new_tokens=5, sampling=generation.Sampling(0.0),
+        )[0].tolist()  # fmt: skip
+        assert answer == {"continuation": tokenizers.decode_text(tokenizer, expected),
+                          "tokens": expected}  # fmt: skip
+    # Sampled (the run's settings), a row's answer depends on its seed, not on its batch.
+    sampled = inference.Predictor(str(tmp_path / "model"))
+    seeded = [sampled.codec.parse({"prompt": "the", "seed": seed}) for seed in (3, 4, 3)]
+    first, other, again = sampled.predict(seeded)
+    assert first == again and first == sampled.predict(seeded[:1])[0] and first != other
+    with pytest.raises(inference.InputError, match="at most 6"):
+        predictor.codec.parse("the dog")
+    with pytest.raises(inference.InputError, match="top_p must be in"):
+        predictor.codec.parse({"prompt": "the", "top_p": 0})
 
 
 def test_lstm_on_sentencepiece_and_fine_tuning_with_the_pretrained_tokenizer(tmp_path):

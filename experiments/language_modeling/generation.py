@@ -41,25 +41,55 @@ def continue_sequences(model, params, cache, tokens) -> tuple[jax.Array, dict]:
     return logits, updated["cache"]
 
 
+def filter_logits(logits, temperature, top_k, top_p) -> jax.Array:
+    """`logits [batch, vocab]` over each row's `temperature [batch]` (> 0), with the tokens
+    outside the row's `top_k [batch]` most probable (0: none cut) or its nucleus `top_p [batch]`
+    (1.0: none cut) at -inf."""
+    logits = logits / temperature[:, None]
+    descending = jnp.sort(logits, axis=-1)[:, ::-1]
+    kth_largest = jnp.take_along_axis(
+        descending, jnp.clip(top_k - 1, 0, logits.shape[-1] - 1)[:, None], axis=-1
+    )
+    cut_by_k = (top_k > 0)[:, None]
+    logits = jnp.where(cut_by_k & (logits < kth_largest), -jnp.inf, logits)
+    descending = jnp.where(cut_by_k & (descending < kth_largest), -jnp.inf, descending)
+    # Keep the most probable tokens up to the first whose cumulative probability reaches
+    # top_p (the token that crosses it included).
+    probabilities = jax.nn.softmax(descending, axis=-1)
+    before = jnp.cumsum(probabilities, axis=-1) - probabilities
+    kept = jnp.sum(before < top_p[:, None], axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(descending, kept - 1, axis=-1)
+    threshold = jnp.where(top_p[:, None] < 1.0, threshold, -jnp.inf)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def _without_special_tokens(logits: jax.Array) -> jax.Array:
+    return logits.astype(jnp.float32).at[:, jnp.array([PAD_ID, BOS_ID])].set(-jnp.inf)
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
     """One token per row of `logits [batch, vocab]`: `[batch]` ids, never PAD or BOS."""
-    logits = logits.astype(jnp.float32).at[:, jnp.array([PAD_ID, BOS_ID])].set(-jnp.inf)
+    logits = _without_special_tokens(logits)
     if sampling.temperature == 0:
         return jnp.argmax(logits, axis=-1)
-    logits = logits / sampling.temperature
-    if sampling.top_k:
-        kth_largest = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-    if sampling.top_p < 1.0:
-        # Keep the most probable tokens up to the first whose cumulative probability
-        # reaches top_p (the token that crosses it included).
-        descending = jnp.sort(logits, axis=-1)[:, ::-1]
-        probabilities = jax.nn.softmax(descending, axis=-1)
-        before = jnp.cumsum(probabilities, axis=-1) - probabilities
-        kept = jnp.sum(before < sampling.top_p, axis=-1, keepdims=True)
-        threshold = jnp.take_along_axis(descending, kept - 1, axis=-1)
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    batch = logits.shape[0]
+    logits = filter_logits(
+        logits,
+        jnp.full((batch,), sampling.temperature, jnp.float32),
+        jnp.full((batch,), sampling.top_k, jnp.int32),
+        jnp.full((batch,), sampling.top_p, jnp.float32),
+    )
     return jax.random.categorical(rng, logits, axis=-1)
+
+
+def sample_rows(logits, keys, temperature, top_k, top_p) -> jax.Array:
+    """`[batch]` ids from `logits [batch, vocab]`, each row with its own PRNG key
+    (`keys [batch, 2]`) and settings (`[batch]` each; temperature 0 is greedy)."""
+    logits = _without_special_tokens(logits)
+    greedy = temperature == 0
+    filtered = filter_logits(logits, jnp.where(greedy, 1.0, temperature), top_k, top_p)
+    sampled = jax.vmap(jax.random.categorical)(keys, filtered)
+    return jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled)
 
 
 def check_length(model: nn.Module, total_length: int) -> None:
@@ -96,6 +126,49 @@ def generate(
     rngs = jax.random.split(rng, max_new_tokens)
     _, tokens = jax.lax.scan(step, (cache, logits[:, -1]), rngs)
     return tokens.T
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def generate_rows(
+    model: nn.Module,
+    params,
+    prompts: jax.Array,
+    lengths: jax.Array,
+    seeds: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    *,
+    max_new_tokens: int,
+) -> jax.Array:
+    """Continuations `[batch, max_new_tokens]` of prompts of different lengths, each row on
+    its own: `prompts [batch, prompt_length]` (BOS first, PAD after `lengths [batch]`), and per
+    row a seed and sampling settings (`[batch]` each, as `sample_rows` takes them).
+
+    One position per step for every row: a row copies its prompt while it lasts and samples
+    after it, so rows of any lengths share one batch (what a server needs). Row b's token at
+    position t is drawn with `fold_in(PRNGKey(seeds[b]), t)`, whatever else is in the batch.
+    """
+    batch_size, prompt_length = prompts.shape
+    total_length = prompt_length + max_new_tokens
+    keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    sequences = jnp.zeros((batch_size, total_length), jnp.int32).at[:, :prompt_length].set(prompts)
+
+    def step(carry, position):
+        cache, sequences = carry
+        token = jax.lax.dynamic_index_in_dim(sequences, position, axis=1, keepdims=False)
+        logits, cache = continue_sequences(model, params, cache, token[:, None])
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, position + 1)
+        sampled = sample_rows(logits[:, 0], step_keys, temperature, top_k, top_p)
+        following = jax.lax.dynamic_index_in_dim(sequences, position + 1, axis=1, keepdims=False)
+        chosen = jnp.where(position + 1 < lengths, following, sampled.astype(jnp.int32))
+        sequences = jax.lax.dynamic_update_index_in_dim(sequences, chosen, position + 1, axis=1)
+        return (cache, sequences), None
+
+    cache = initialize_cache(model, batch_size, total_length)
+    (_, sequences), _ = jax.lax.scan(step, (cache, sequences), jnp.arange(total_length - 1))
+    positions = lengths[:, None] + jnp.arange(max_new_tokens)[None, :]
+    return jnp.take_along_axis(sequences, positions, axis=1)
 
 
 def generate_without_cache(model, params, prompts, *, max_new_tokens: int) -> jax.Array:

@@ -7,6 +7,7 @@ once. Metrics: cross-entropy per token, perplexity and bits per UTF-8 byte of th
 
 import dataclasses
 import functools
+import importlib
 import math
 import os
 
@@ -230,4 +231,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
         if config.samples.num_samples
         else None,
         sequence_keys=("inputs", "targets"),
+        serving=lambda: importlib.import_module("experiments.language_modeling.serving"),
     )

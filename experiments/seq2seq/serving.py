@@ -5,14 +5,13 @@ Each exported function `beam<k>` runs the whole greedy (k = 1) or beam search of
 """
 
 import os
-import sys
 
 import numpy as np
 
 from experiments.seq2seq import decoding, tokenizers
 from experiments.seq2seq import task as seq2seq_task
 from experiments.seq2seq.tokens import EOS_ID
-from research import data
+from research import data, inference
 from research.export import ExportSpec, Function
 from research.inference import InputError
 
@@ -115,22 +114,8 @@ class Codec:
 
     def read(self, source: str):
         """(where, example or InputError) for every line of `source` ("-" = stdin)."""
-        if source == "-":
-            content = sys.stdin.buffer.read()
-        else:
-            with open(source, "rb") as file:
-                content = file.read()
-        lines = content.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        for number, line in enumerate(lines, start=1):
-            where = f"{source} line {number}"
-            try:
-                text = line.decode("utf-8").rstrip("\r")
-            except UnicodeDecodeError:
-                yield where, InputError(f"{where} is not UTF-8; expected one sentence per line")
-                continue
-            yield where, self.parse(text)
+        for where, text in inference.text_lines(source):
+            yield where, text if isinstance(text, InputError) else self.parse(text)
 
     def format(self, outputs: dict[str, np.ndarray]) -> dict:
         tokens = outputs["tokens"].tolist()
