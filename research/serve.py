@@ -8,6 +8,7 @@ then exits.
 
 import asyncio
 import json
+import signal
 import tempfile
 import time
 
@@ -76,10 +77,36 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+class Requests:
+    """The requests being handled (a request counts from its headers on, while its body may
+    still arrive), so that shutting down can wait for them."""
+
+    def __init__(self):
+        self.count, self.stopping, self.idle = 0, False, asyncio.Event()
+        self.idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        if self.stopping:
+            response = _error(503, "The server is shutting down; send the request elsewhere.")
+            response.force_close()
+            return response
+        self.count += 1
+        self.idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self.idle.set()
+
+
 def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, max_bytes=2**20):
-    """The aiohttp application serving `predictor` (an `inference.Predictor`)."""
+    """The aiohttp application serving `predictor` (an `inference.Predictor`); its
+    `requests` entry counts the requests in flight."""
     batcher = Batcher(predictor, max_batch_size, max_wait_ms, max_queue)
     signature = {k: v for k, v in predictor.signature.items() if k != "parameters"}
+    requests = Requests()
 
     async def handle_predict(request: web.Request) -> web.Response:
         try:
@@ -113,7 +140,8 @@ def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, m
     async def stop(app_: web.Application) -> None:  # after the requests in flight are answered
         batcher.task.cancel()
 
-    application = web.Application(client_max_size=max_bytes)
+    application = web.Application(client_max_size=max_bytes, middlewares=[requests.middleware])
+    application["requests"] = requests
     application.add_routes(
         [
             web.post("/v1/predict", handle_predict),
@@ -124,6 +152,31 @@ def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, m
     application.on_startup.append(start)
     application.on_cleanup.append(stop)
     return application
+
+
+async def _serve(application: web.Application, host: str, port: int, timeout_s: float) -> None:
+    """Serves until SIGTERM or SIGINT, then stops listening, answers the requests in flight
+    (also those whose body is still arriving, which aiohttp's own shutdown would drop) for
+    at most `timeout_s`, and returns."""
+    runner = web.AppRunner(application, access_log=None, shutdown_timeout=timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    print(f"Serving on http://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    await stop.wait()
+    requests = application["requests"]
+    requests.stopping = True
+    await site.stop()
+    logging.info("Stopping: answering %d requests in flight.", requests.count)
+    try:
+        await asyncio.wait_for(requests.idle.wait(), timeout_s)
+    except TimeoutError:
+        logging.warning("%d requests were still in flight after %.0f s.", requests.count, timeout_s)
+    await runner.cleanup()
 
 
 def main(argv) -> None:
@@ -145,15 +198,7 @@ def main(argv) -> None:
             )
             import uvloop
 
-            web.run_app(
-                application,
-                host=FLAGS.host,
-                port=FLAGS.port,
-                shutdown_timeout=FLAGS.shutdown_timeout_s,
-                access_log=None,
-                loop=uvloop.new_event_loop(),
-                print=lambda _: print(f"Serving on http://{FLAGS.host}:{FLAGS.port}", flush=True),
-            )
+            uvloop.run(_serve(application, FLAGS.host, FLAGS.port, FLAGS.shutdown_timeout_s))
     except UserError as error:
         raise SystemExit(f"Error: {error}") from None
 

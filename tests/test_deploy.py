@@ -211,6 +211,24 @@ def _post(port, body: bytes, timeout=60):
         connection.close()
 
 
+def _post_in_two_parts(port, body: bytes, second_part_may_go, timeout=60):
+    """Like `_post`, but the second half of the body waits for the event `second_part_may_go`."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.putrequest("POST", "/v1/predict")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body[: len(body) // 2])
+        second_part_may_go.wait(timeout)
+        connection.send(body[len(body) // 2 :])
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
 def _free_port() -> int:
     import socket
 
@@ -275,22 +293,32 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
         assert not failures, failures[:3]
 
         # SIGTERM while large requests are in flight (thousands of examples each, so they
-        # are still being answered): each is answered, then the server exits.
-        answers = []
+        # are still being answered) and one whose body is still arriving: each is answered,
+        # then the server exits.
+        answers, sent_term_event = [], threading.Event()
         big = json.dumps({"instances": [s.tolist() for s in signals] * 80}).encode()
         senders = [
             threading.Thread(target=lambda: answers.append((_post(port, big), time.time())))
-            for _ in range(4)
+            for _ in range(3)
         ]
+        senders.append(
+            threading.Thread(
+                target=lambda: answers.append(
+                    (_post_in_two_parts(port, big, sent_term_event), time.time())
+                )
+            )
+        )
         for sender in senders:
             sender.start()
         time.sleep(0.3)
         sent_term = time.time()
         server.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the server has begun stopping before the rest of the body comes
+        sent_term_event.set()
         for sender in senders:
             sender.join(timeout=120)
         assert server.wait(timeout=60) == 0
-        assert [status for (status, _), _ in answers] == [200] * 4
+        assert [status for (status, _), _ in answers] == [200] * 4, answers
         assert all(len(answer["predictions"]) == 80 * len(signals) for (_, answer), _ in answers)
         assert max(when for _, when in answers) > sent_term  # some were in flight
     finally:
