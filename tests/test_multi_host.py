@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from experiments.image_classification import datasets
 from research import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import REPO_ROOT, launch_command, subprocess_environment
@@ -65,7 +66,7 @@ def _command(workdir, data_dir, overrides, *extra, config=CONFIG):
     )
 
 
-def _start_processes(workdir, data_dir, overrides, count=2, config=CONFIG):
+def _start_processes(workdir, data_dir, overrides, count=2, config=CONFIG, extra=()):
     port = _free_port()
     return [
         subprocess.Popen(
@@ -77,6 +78,7 @@ def _start_processes(workdir, data_dir, overrides, count=2, config=CONFIG):
                 f"--num_processes={count}",
                 f"--process_id={index}",
                 "--heartbeat_timeout_seconds=10",
+                *extra,
                 config=config,
             ),
             stdout=subprocess.PIPE,
@@ -91,19 +93,29 @@ def _start_processes(workdir, data_dir, overrides, count=2, config=CONFIG):
 
 @pytest.mark.parametrize("case", ["image_classification", "bucketed_translation"])
 def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, data_dir, tmp_path):
+    """The images: one process reads them into memory, the two read theirs through Grain."""
     config, overrides, metrics = CONFIG, OVERRIDES, ("loss", "accuracy")
+    multi_data_dir, extra = data_dir, ()
+    if case == "image_classification":
+        multi_data_dir = str(tmp_path / "array_record")
+        datasets.Mnist1d(data_dir=multi_data_dir, file_format="array_record").download_and_prepare()
+        extra = ("--config.input_pipeline=grain", "--config.input_workers=1")
     if case == "bucketed_translation":
-        data_dir = str(helpers.write_parallel_folder(tmp_path / "corpus"))
+        data_dir = multi_data_dir = str(helpers.write_parallel_folder(tmp_path / "corpus"))
         config, overrides = TRANSLATION_CONFIG, TRANSLATION_OVERRIDES
         metrics = ("loss", "token_accuracy", "bleu")
     single = helpers.run_command(
         _command(tmp_path / "single", data_dir, overrides, config=config), devices=4
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    processes = _start_processes(tmp_path / "multi", data_dir, overrides, config=config)
+    processes = _start_processes(
+        tmp_path / "multi", multi_data_dir, overrides, config=config, extra=extra
+    )
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-3000:]
+        if extra:
+            assert "through the grain input pipeline" in stderr, stderr[-3000:]
 
     with open(tmp_path / "multi" / workdir_lib.RUN_FILE) as file:
         devices = json.load(file)["devices"]
