@@ -24,7 +24,9 @@ from research import checkpoints, data, parallel, trainer
 REPEATS = 3
 BUDGET_S = {"quick": 1.0, "full": 3.0}
 LOOP_BUDGET_S = {"quick": 4.0, "full": 12.0}
-LOOP_STEPS = {"quick": (10, 300), "full": (20, 2000)}
+# At most this many steps: a loop far slower than its bare step (tiny models, one step per
+# call) still ends in seconds, and fast steps run long enough for a steady speed.
+LOOP_STEPS = {"quick": (10, 3000), "full": (20, 20000)}
 
 
 SCALING_KEYS = ("dtype", "param_dtype", "grad_accum_steps", "steps_per_dispatch", "xla_flags")
@@ -77,7 +79,7 @@ def bare_step(config, task, dataset) -> dict:
     batch = parallel.shard(run.train_batches(0), steps=per_call > 1)
     p_rng = parallel.replicate(run.train_rng)
     start = time.perf_counter()
-    compiled = run.train_step.lower(carry["state"], batch, p_rng).compile()
+    compiled = run.train_step.lower(carry["state"], batch, p_rng, *run.resident).compile()
     compile_s = time.perf_counter() - start
     # Per-device program; with N local devices the step does N times this work.
     flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * parallel.local_device_count()
@@ -85,7 +87,7 @@ def bare_step(config, task, dataset) -> dict:
 
     def run_steps(count):
         for _ in range(count):
-            carry["state"], outputs = compiled(carry["state"], batch, p_rng)
+            carry["state"], outputs = compiled(carry["state"], batch, p_rng, *run.resident)
         jax.block_until_ready((carry["state"], outputs))
 
     return {
@@ -131,9 +133,9 @@ def loop_config(config, bare_steps_per_s: float, mode: str):
 
     The step count fills about `LOOP_BUDGET_S` at the bare step's speed. Logging keeps the
     config's cadence when the run holds four logs of it, else logs four times (the last
-    interval gives the steady speed); checkpoints keep the config's cadence (in a short run:
-    one, the final one, which every run writes). Evaluation is off: the benchmark data has no
-    evaluation splits.
+    interval, a whole one, gives the steady speed); checkpoints keep the config's cadence (in
+    a short run: one, the final one, which every run writes). Evaluation is off: the
+    benchmark data has no evaluation splits.
     """
     low, high = LOOP_STEPS[mode]
     per_call = config.get("steps_per_dispatch", 1)
@@ -142,6 +144,7 @@ def loop_config(config, bare_steps_per_s: float, mode: str):
     log_every = config.log_every_steps
     if num_steps < 4 * log_every:
         log_every = max(per_call, num_steps // 4 // per_call * per_call)
+    num_steps -= num_steps % log_every  # the last log interval, the steady speed, is whole
     short = config.copy_and_resolve_references()
     short.num_train_steps = num_steps
     short.log_every_steps = log_every
@@ -160,11 +163,10 @@ def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict
     short, cadence = loop_config(config, bare_steps_per_s, mode)
     wrapped = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
     workdir = tempfile.mkdtemp(prefix="benchmark_loop_")
-    input_s, shard_s, checkpoint_s = [], [], []
+    input_s, checkpoint_s = [], []
     try:
         with (
-            timed_calls(trainer.Run, "train_batch", input_s),  # either input path
-            timed_calls(parallel, "shard", shard_s),
+            timed_calls(trainer.Run, "device_batches", input_s),  # every input path
             timed_calls(checkpoints.Checkpointer, "save", checkpoint_s),
             timed_calls(checkpoints.Checkpointer, "wait", checkpoint_s),
         ):
@@ -175,7 +177,7 @@ def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict
     # The loop's clock starts after the first call (compilation): leave out its batches.
     per_call = short.get("steps_per_dispatch", 1)
     loop_seconds = (short.num_train_steps - per_call) / steps_per_s
-    input_seconds = sum(input_s[per_call:]) + sum(shard_s[1:])
+    input_seconds = sum(input_s[1:])
     # The last log interval: after the one-time costs of the first log (TensorBoard's writer
     # imports TensorFlow) and before the final checkpoint.
     steady_steps_per_s = summary["train"]["steps_per_second"]

@@ -75,7 +75,26 @@ def synthetic_tokens(vocab_size: int, count: int = 4096, min_length: int = 16):
 
 BENCHMARKS = [
     Benchmark("regression_mlp", "regression/configs/diabetes_mlp.py"),
+    Benchmark(
+        "regression_mlp_resident",
+        "regression/configs/diabetes_mlp.py",
+        overrides={
+            "input_pipeline": "device",
+            "steps_per_dispatch": 100,
+            "steps_per_dispatch_unroll": False,
+            "log_every_steps": 1000,
+            "checkpoint_every_steps": 10000,
+        },  # fmt: skip
+        note="data on the device, 100 steps per call (lax.scan), log every 1000 steps and "
+        "checkpoint every 10000 (the config's 100 and 600 are every 2 and 10 ms at this speed)",
+    ),
     Benchmark("mnist1d_cnn", "image_classification/configs/mnist1d_cnn.py"),
+    Benchmark(
+        "mnist1d_cnn_resident",
+        "image_classification/configs/mnist1d_cnn.py",
+        overrides={"input_pipeline": "device", "steps_per_dispatch": 10},
+        note="data on the device, 10 steps per call (unrolled), the config's cadences",
+    ),
     Benchmark(
         "fashion_mnist_cnn",
         "image_classification/configs/fashion_mnist_cnn.py",

@@ -279,7 +279,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.init = ml_collections.ConfigDict()
     config.init.reinitialize = ()  # with --init_from: initialized fresh, not restored
     # "memory": splits as numpy arrays; "grain": training batches read from ArrayRecord files
-    # by `input_workers` Grain processes; "auto": grain only for a split too large to load.
+    # by `input_workers` Grain processes; "auto": grain only for a split too large to load;
+    # "device": the training split copied to every device, batches gathered inside the step.
     config.input_pipeline = "auto"
     config.input_workers = 2
     # Scaling up (README, "Scaling up"): compute and parameter dtypes (float32 master weights,

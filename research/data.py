@@ -82,14 +82,31 @@ def train_batch_indices(
     The examples form one stream of epochs, each a fresh permutation drawn from (seed, epoch);
     batch `step` is positions `[step * B, (step + 1) * B)` of that stream.
     """
-    positions = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
-    epochs, offsets = np.divmod(positions, num_train_examples)
-    indices = np.empty(global_batch_size, dtype=np.int64)
-    for epoch in np.unique(epochs):
-        permutation = _epoch_permutation(num_train_examples, seed, int(epoch))
-        selected = epochs == epoch
-        indices[selected] = permutation[offsets[selected]]
-    return indices
+    return _stream_indices(num_train_examples, global_batch_size, seed, step, 1)[0]
+
+
+def _stream_indices(
+    num_train_examples: int, global_batch_size: int, seed: int, step: int, count: int
+) -> np.ndarray:
+    """The global batches of steps `step .. step + count - 1`: `[count, global_batch_size]`."""
+    start, stop = step * global_batch_size, (step + count) * global_batch_size
+    pieces, position = [], start
+    while position < stop:  # the stream's positions, epoch by epoch
+        epoch, offset = divmod(position, num_train_examples)
+        end = min(stop, (epoch + 1) * num_train_examples)
+        permutation = _epoch_permutation(num_train_examples, seed, epoch)
+        pieces.append(permutation[offset : offset + end - position])
+        position = end
+    return np.concatenate(pieces).reshape(count, global_batch_size)
+
+
+def host_train_indices(
+    num_train_examples: int, global_batch_size: int, seed: int, step: int, count: int
+) -> np.ndarray:
+    """This host's example indices of the training batches of steps `step .. step + count
+    - 1`, the rows `train_batch` takes: `[count, host_batch]` (int32)."""
+    indices = _stream_indices(num_train_examples, global_batch_size, seed, step, count)
+    return indices[:, parallel.host_slice(global_batch_size)].astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: epoch plans are cached

@@ -36,38 +36,38 @@ class Interval:
         if len(self.outputs) > MAX_STEPS_IN_FLIGHT:
             jax.block_until_ready(self.outputs[-MAX_STEPS_IN_FLIGHT - 1])
 
-    def _fetched(self) -> list[dict]:
-        """Host copies of the outputs, each fetched once (checkpoints and logs both read them)."""
+    def _fetched(self) -> dict:
+        """Host copies of the outputs, each leaf `[steps, ...]` over the interval's steps (each
+        dispatch fetched once: checkpoints and logs both read them)."""
         for outputs in self.outputs[self._fetched_dispatches :]:
             host = parallel.unreplicate(outputs)
             if self.steps_per_dispatch == 1:
-                self._host.append(host)
-            else:
-                count = self.steps_per_dispatch
-                self._host += [jax.tree.map(lambda leaf, i=i: leaf[i], host) for i in range(count)]
+                host = jax.tree.map(lambda leaf: np.asarray(leaf)[None], host)
+            self._host.append(host)
         self._fetched_dispatches = len(self.outputs)
-        return self._host
+        return jax.tree.map(lambda *leaves: np.concatenate(leaves), *self._host)
 
     def first_nonfinite_step(self) -> int | None:
         """The 1-based step number whose loss or gradient was not finite, if any."""
-        finite = [bool(f["diagnostics"]["all_finite"]) for f in self._fetched()]
-        return None if all(finite) else self.first_step + 1 + finite.index(False)
+        finite = self._fetched()["diagnostics"]["all_finite"]
+        return None if finite.all() else self.first_step + 1 + int(np.argmin(finite))
 
     def summarize(self, task: Task, done: int) -> dict[str, float]:
         """Training metrics over the interval; starts the next interval at `done`."""
         fetched = self._fetched()
         sums = {
-            name: float(np.sum([f["sums"][name] for f in fetched], dtype=np.float64))
-            for name in fetched[0]["sums"]
+            name: float(np.sum(values, dtype=np.float64))
+            for name, values in fetched["sums"].items()
         }
+        diagnostics = fetched["diagnostics"]
         now = time.time()
         metrics = {
             **task.summarize_checked(sums),
-            "grad_norm": float(np.mean([f["diagnostics"]["grad_norm"] for f in fetched])),
-            "learning_rate": float(fetched[-1]["diagnostics"]["learning_rate"]),
+            "grad_norm": float(np.mean(diagnostics["grad_norm"])),
+            "learning_rate": float(diagnostics["learning_rate"][-1]),
             **(
-                {"loss_scale": float(fetched[-1]["diagnostics"]["loss_scale"])}
-                if "loss_scale" in fetched[-1]["diagnostics"]
+                {"loss_scale": float(diagnostics["loss_scale"][-1])}
+                if "loss_scale" in diagnostics
                 else {}
             ),
             "steps_per_second": (done - self.first_step) / (now - self.start),

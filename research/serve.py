@@ -131,8 +131,8 @@ def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, m
     async def handle_model(request: web.Request) -> web.Response:
         return web.json_response(signature)
 
-    async def handle_health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def handle_health(request: web.Request) -> web.Response:  # not counting itself
+        return web.json_response({"status": "ok", "requests_in_flight": requests.count - 1})
 
     async def start(app_: web.Application) -> None:
         batcher.task = asyncio.get_running_loop().create_task(batcher.run())

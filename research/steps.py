@@ -262,6 +262,16 @@ def train_steps(
     return state, jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
 
 
+def train_step_on_resident_data(
+    state: TrainState, indices: jax.Array, rng: jax.Array, train_arrays: Batch, *, step
+) -> tuple[TrainState, dict[str, Metrics]]:
+    """`step(state, batch, rng)` on the rows `indices` (`[rows]`, or `[steps, rows]` for
+    `train_steps`) of `train_arrays`, the whole training split already on this device:
+    only the indices cross from the host."""
+    batch = jax.tree.map(lambda array: array[indices], train_arrays)
+    return step(state, batch, rng)
+
+
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> Metrics:
     """Metric sums over this batch of every device and host, padding masked out."""
     params = _model_params(state.params, model)

@@ -58,6 +58,10 @@ class Run:
     start_time: float
     augmentation: augmentation_lib.Augmentation | None = None
     train_stream: streaming.Stream | None = None  # with a streamed training split
+    # After the rng, what `train_step` also takes: with input_pipeline "device", the training
+    # split replicated on the local devices (then `train_batches` gives row indices).
+    resident: tuple = ()
+    _prefetcher: streaming.Prefetcher | None = None  # streamed: makes `device_batches`
 
     def train_batch(self, step: int) -> data.Arrays:
         """This host's rows of the global batch at `step`, from either input path."""
@@ -77,13 +81,34 @@ class Run:
         `steps_per_dispatch = k` the batches of steps `step .. step + k - 1` stacked:
         `[k, host_batch, ...]`."""
         count = self.config.get("steps_per_dispatch", 1)
+        if self.resident:
+            config = self.config
+            indices = data.host_train_indices(
+                data.num_examples(self.dataset.train), config.batch_size, config.seed, step, count
+            )
+            return indices[0] if count == 1 else indices
         if count == 1:
             return self.train_batch(step)
         batches = [self.train_batch(s) for s in range(step, step + count)]
         return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
+    def device_batches(self, step: int) -> data.Arrays:
+        """`train_batches(step)` on the local devices (streamed: prepared by a thread ahead)."""
+        count = self.config.get("steps_per_dispatch", 1)
+        if self.train_stream is None:
+            return parallel.shard(self.train_batches(step), steps=count > 1)
+        if self._prefetcher is None:
+            self._prefetcher = streaming.Prefetcher(
+                lambda at: parallel.shard(self.train_batches(at), steps=count > 1),
+                stride=count,
+                stop=self.config.num_train_steps,
+            )
+        return self._prefetcher.get(step)
+
     def close(self) -> None:
         """Finishes checkpoint writes in flight (also after an error) and frees the workdir."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
         if self.train_stream is not None:
             self.train_stream.close()
         self.checkpointer.close()
@@ -97,10 +122,16 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
         raise ConfigError(
             f"config.data_dir={config.data_dir} is a file; set --config.data_dir to a folder."
         )
-    if streaming.check_pipeline(config) == "grain" and tuple(config.get("bucket_boundaries", ())):
+    pipeline = streaming.check_pipeline(config)
+    if pipeline in ("grain", "device") and tuple(config.get("bucket_boundaries", ())):
         raise ConfigError(
             "config.bucket_boundaries needs the in-memory input pipeline; set "
             "--config.input_pipeline=memory or --config.bucket_boundaries='()'."
+        )
+    if pipeline == "device" and augmentation_lib.from_config(config, task.image_keys):
+        raise ConfigError(
+            "config.augmentation runs on the host, so it needs --config.input_pipeline=memory "
+            "or grain; or turn it off for input_pipeline=device."
         )
     if tuple(config.get("bucket_boundaries", ())) and not task.sequence_keys:
         raise ConfigError(
@@ -166,6 +197,11 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
             f"Task '{config.task}' reads its data into memory only; set "
             "--config.input_pipeline=memory."
         )
+    if config.get("input_pipeline") == "device" and not isinstance(dataset.train, dict):
+        raise ConfigError(
+            f"The training split of {config.get('dataset', config.task)} is streamed from "
+            "files, too large to copy to every device; set --config.input_pipeline=grain."
+        )
     model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -227,11 +263,15 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     else:
         unroll = config.get("steps_per_dispatch_unroll", True)
         train_step = functools.partial(steps.train_steps, unroll=unroll, **step_settings)
+    resident = ()
+    if config.get("input_pipeline") == "device":
+        resident = (parallel.replicate(dataset.train),)
+        train_step = functools.partial(steps.train_step_on_resident_data, step=train_step)
     train_step = parallel.pmap(train_step, donate_argnums=(0,))
     parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(
         config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
-        writer, checkpointer, lock, start_time, augmentation, train_stream,
+        writer, checkpointer, lock, start_time, augmentation, train_stream, resident,
     )  # fmt: skip
 
 
@@ -312,8 +352,9 @@ def _train(run: Run) -> dict[str, Any]:
     loop_start = loop_first_step = None
     with preemption.SignalWatcher() as signals:
         for step in range(first_step, num_steps, per_dispatch):
-            batches = parallel.shard(run.train_batches(step), steps=per_dispatch > 1)
-            p_state, outputs = run.train_step(p_state, batches, p_rng)
+            p_state, outputs = run.train_step(
+                p_state, run.device_batches(step), p_rng, *run.resident
+            )
             interval.add(outputs)
             done = step + per_dispatch
             if loop_start is None:  # exclude compilation from the measured speed

@@ -310,7 +310,14 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
         )
         for sender in senders:
             sender.start()
-        time.sleep(0.3)
+        give_up = time.time() + 120
+        while True:  # until the server holds the 4 requests (or has answered some already)
+            answered = len(answers)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+                if answered + json.loads(reply.read())["requests_in_flight"] >= 4:
+                    break
+            assert time.time() < give_up, "the large requests never reached the server"
+            time.sleep(0.05)
         sent_term = time.time()
         server.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # the server has begun stopping before the rest of the body comes

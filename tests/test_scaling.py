@@ -177,23 +177,53 @@ def test_bad_scaling_settings_are_one_sentence(key, value, words):
     assert all(word in str(error.value) for word in words), str(error.value)
 
 
-@pytest.mark.parametrize("unroll", [False])  # lax.scan: bitwise for this MLP (README)
-def test_steps_per_dispatch_is_bitwise_equal_to_one_step_per_call(data_dir, tmp_path, unroll):
+def _curve(directory) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in workdir.TIMING_METRICS}
+        for r in workdir.read_metrics(directory)
+    ]
+
+
+# lax.scan (unroll False) is bitwise for this MLP (README). "device": the training split on
+# the device, each batch gathered inside the compiled step from indices the host sends.
+@pytest.mark.parametrize("unroll, pipeline", [(False, "memory"), (False, "device")])
+def test_steps_per_dispatch_is_bitwise_equal_to_one_step_per_call(
+    data_dir, tmp_path, unroll, pipeline
+):
     path = os.path.join(helpers.REPO_ROOT, "experiments/regression/configs/diabetes_mlp.py")
     settings = dict(num_train_steps=12, log_every_steps=4, eval_every_steps=8,
                     checkpoint_every_steps=8, warmup_steps=2, data_dir=data_dir)  # fmt: skip
     one = helpers.run_experiment(helpers.load_config(path, **settings), tmp_path / "one")
     config = helpers.load_config(
-        path, steps_per_dispatch=4, steps_per_dispatch_unroll=unroll, **settings
-    )
+        path, steps_per_dispatch=4, steps_per_dispatch_unroll=unroll, input_pipeline=pipeline,
+        **settings,
+    )  # fmt: skip
     several = helpers.run_experiment(config, tmp_path / "four")
     assert several["params_sha256"] == one["params_sha256"]
-    curve = lambda name: [
-        {k: v for k, v in r.items() if k not in workdir.TIMING_METRICS}
-        for r in workdir.read_metrics(tmp_path / name)
-    ]
-    assert curve("four") == curve("one")  # logs and evaluations at the same steps, same values
-    assert [r["step"] for r in curve("four")] == [4, 8, 8, 12, 12]
+    # Logs and evaluations at the same steps, with the same values.
+    assert _curve(tmp_path / "four") == _curve(tmp_path / "one")
+    assert [r["step"] for r in _curve(tmp_path / "four")] == [4, 8, 8, 12, 12]
+
+
+def test_device_resident_data_on_two_devices_equals_host_batches(data_dir, tmp_path):
+    """Each device gathers its own rows of the global batch from its copy of the split."""
+    common = (
+        "--config=experiments/image_classification/configs/mnist1d_cnn.py",
+        f"--config.data_dir={data_dir}", "--config.num_train_steps=8",
+        "--config.log_every_steps=4", "--config.eval_every_steps=8",
+        "--config.checkpoint_every_steps=8", "--config.model.features=(8,)",
+        "--config.model.dense_sizes=(16,)",
+    )  # fmt: skip
+    summaries = {}
+    for pipeline in ("memory", "device"):
+        result = helpers.launch(
+            *common, f"--workdir={tmp_path / pipeline}", f"--config.input_pipeline={pipeline}",
+            "--config.steps_per_dispatch=4", devices=2,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        summaries[pipeline] = json.loads((tmp_path / pipeline / "summary.json").read_text())
+    assert summaries["device"]["params_sha256"] == summaries["memory"]["params_sha256"]
+    assert _curve(tmp_path / "device") == _curve(tmp_path / "memory")
 
 
 def test_config_xla_flags_reach_the_backend_and_run_json(data_dir, tmp_path):

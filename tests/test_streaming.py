@@ -110,11 +110,15 @@ def test_augmentation_crops_and_flips_as_drawn_from_seed_and_step():
         np.testing.assert_array_equal(out[i], expected[:, ::-1] if flips[i] else expected)
 
 
-def test_training_through_grain_ends_with_the_in_memory_parameters(tiny_images, tmp_path):
+@pytest.mark.parametrize("steps_per_dispatch", [1, 2])
+def test_training_through_grain_ends_with_the_in_memory_parameters(
+    tiny_images, tmp_path, steps_per_dispatch
+):
     summaries = {}
     for pipeline in ("grain", "memory"):
         config = tiny_images.copy_and_resolve_references()
         config.input_pipeline = pipeline
+        config.steps_per_dispatch = steps_per_dispatch  # the prefetch thread stacks 2 steps
         config.input_workers = 0  # Grain in a thread: worker processes are tested above
         summaries[pipeline] = run_experiment(config, tmp_path / pipeline)
     assert summaries["grain"]["params_sha256"] == summaries["memory"]["params_sha256"]
@@ -130,3 +134,47 @@ def test_grain_for_a_task_without_streaming_is_one_sentence(tmp_path, data_dir):
     with pytest.raises(trainer.ConfigError, match="input_pipeline=memory"):
         run_experiment(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_device_resident_data_refuses_host_augmentation_in_one_sentence(tiny_images, tmp_path):
+    config = tiny_images.copy_and_resolve_references()
+    config.input_pipeline = "device"  # the CIFAR-10 config crops and flips on the host
+    with pytest.raises(trainer.ConfigError, match="augmentation runs on the host"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_uint8_statistics_are_the_exact_sums_the_float64_path_computes():
+    images = np.random.default_rng(3).integers(0, 256, (700, 9, 9, 3), dtype=np.uint8)
+    mean, std = image_task._statistics(lambda a, b: images[a:b], len(images))
+    as_float = image_task._statistics(lambda a, b: images[a:b].astype(np.float64), len(images))
+    flat = images.reshape(-1, 3).astype(np.int64)
+    count = len(flat)
+    expected_mean = flat.sum(axis=0) / count  # integer sums, exact
+    expected_std = np.sqrt((flat * flat).sum(axis=0) / count - expected_mean * expected_mean)
+    np.testing.assert_array_equal(mean, expected_mean)
+    np.testing.assert_array_equal(std, expected_std)
+    np.testing.assert_array_equal(as_float[0], mean)  # fashion_mnist's statistics unchanged
+    np.testing.assert_array_equal(as_float[1], std)
+
+
+def test_prefetcher_makes_keys_in_order_restarts_elsewhere_and_raises_in_the_caller():
+    made = []
+
+    def produce(key):
+        made.append(key)
+        if key == 9:
+            raise ValueError("batch 9 is broken")
+        return {"key": key}
+
+    prefetcher = streaming.Prefetcher(produce, stride=3, stop=12, depth=2)
+    try:
+        assert [prefetcher.get(key)["key"] for key in (0, 3, 6)] == [0, 3, 6]
+        assert prefetcher.get(3)["key"] == 3  # a resumed or repeated call starts over there
+        assert prefetcher.get(6)["key"] == 6
+        with pytest.raises(ValueError, match="batch 9 is broken"):
+            prefetcher.get(9)
+        assert prefetcher.get(0)["key"] == 0  # usable again after the error
+    finally:
+        prefetcher.close()
+    assert set(made) <= {0, 3, 6, 9}  # never at or past `stop`, always on the stride

@@ -8,6 +8,7 @@ each example has several 0/1 labels (`multi_label.py`).
 
 import functools
 import importlib
+import json
 import os
 
 import jax.numpy as jnp
@@ -52,15 +53,47 @@ def _statistics(read_inputs, count: int) -> tuple[np.ndarray, np.ndarray]:
     fixed chunks, so the sums (and the normalized inputs) are identical.
     """
     total = squares = values = 0.0
+    histograms = 0  # of each channel's values 0..255, for uint8 inputs: exact and fast
     for start in range(0, count, streaming.ROWS_PER_READ):
         inputs = read_inputs(start, min(start + streaming.ROWS_PER_READ, count))
-        inputs = (inputs[..., None] if inputs.ndim == 2 else inputs).astype(np.float64)
+        inputs = inputs[..., None] if inputs.ndim == 2 else inputs
+        values += inputs.size // inputs.shape[-1]
+        if inputs.dtype == np.uint8:
+            channels = inputs.reshape(-1, inputs.shape[-1])
+            histograms = histograms + np.stack(
+                [np.bincount(channel, minlength=256) for channel in channels.T]
+            )
+            continue
+        inputs = inputs.astype(np.float64)
         axes = tuple(range(inputs.ndim - 1))
         total = total + inputs.sum(axis=axes)
         squares = squares + (inputs * inputs).sum(axis=axes)
-        values += inputs.size // inputs.shape[-1]
+    if not np.isscalar(histograms):
+        # Integer sums: the float64 sums above are exact for them too (below 2**53).
+        levels = np.arange(256, dtype=np.int64)
+        total = (histograms @ levels).astype(np.float64)
+        squares = (histograms @ (levels * levels)).astype(np.float64)
     mean = total / values
     return mean, np.sqrt(squares / values - mean * mean)
+
+
+def _cached_statistics(artifacts_dir: str, description: str, compute) -> tuple:
+    """`compute()`'s (mean, std) of a streamed split, kept in the run's artifacts, so that a
+    resumed run does not read the whole split again."""
+    path = os.path.join(artifacts_dir, "input_statistics.json") if artifacts_dir else ""
+    if path and os.path.exists(path):
+        with open(path) as file:
+            saved = json.load(file)
+        if saved["data"] == description:
+            return np.asarray(saved["mean"], np.float64), np.asarray(saved["std"], np.float64)
+    mean, std = compute()
+    if path:
+        os.makedirs(artifacts_dir, exist_ok=True)
+        record = {"data": description, "mean": mean.tolist(), "std": std.tolist()}
+        with open(f"{path}.{os.getpid()}.tmp", "w") as file:
+            json.dump(record, file)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)  # hosts sharing a workdir write alike
+    return mean, std
 
 
 def _builder(config, builder_class, pipeline: str):
@@ -91,7 +124,6 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
     """Inputs as float32 standardized per channel by the training split's statistics; with
     `config.classes` only those classes (relabelled 0..k-1), with
     `config.train_examples_per_class` only the first N training examples of each."""
-    del artifacts_dir  # nothing is learned from the data besides these statistics
     if config.dataset not in DATASETS:
         raise ConfigError(
             f"config.dataset '{config.dataset}' is not an image classification dataset; "
@@ -118,7 +150,11 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             split: streaming.tfds_source(builder, split) for split in ("train", *eval_splits)
         }
         raw = streaming.StreamingSplit(sources["train"], None, "")
-        mean, std = _statistics(lambda a, b: raw.raw(range(a, b))[input_key], len(raw))
+        mean, std = _cached_statistics(
+            artifacts_dir,
+            streaming.description(builder, "train"),
+            lambda: _statistics(lambda a, b: raw.raw(range(a, b))[input_key], len(raw)),
+        )
         prepare = functools.partial(_standardize, input_key=input_key, mean=mean, std=std)
         splits = {
             split: streaming.StreamingSplit(source, prepare, streaming.description(builder, split))
