@@ -9,6 +9,7 @@ import logging as python_logging
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -230,7 +231,13 @@ def main(argv: list[str]) -> None:
         print(stop, file=sys.stderr)
         sys.exit(0)
     except UserError as error:
-        _fail(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        parallel.exit_with_error(2)
+    except Exception:
+        if not parallel.several_processes():
+            raise
+        traceback.print_exc()
+        parallel.exit_with_error(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ written as the JAX pmap migration guide recommends for the jit/shard_map-based p
 """
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +38,25 @@ def initialize_distributed(
         process_id=process_id,
         heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
+
+
+def exit_with_error(code: int) -> None:
+    """Ends this process with `code`; in a multi-process run, abruptly.
+
+    JAX's graceful shutdown looks like a normal exit to the other processes, which would then
+    wait at their next meeting point until it times out (minutes). Leaving without it lets the
+    coordination service stop them within seconds, so a failing run ends everywhere, fast.
+    """
+    if several_processes():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def several_processes() -> bool:
+    """Whether this process joined a run of several (without starting the backend if not)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def process_index() -> int:

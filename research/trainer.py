@@ -177,6 +177,8 @@ def setup(
         return _prepare(config, workdir, task, lock, init_from, overwrite)
     except BaseException:
         lock.release()
+        if parallel.process_index() != 0:  # process 0 alone writes the workdir
+            raise
         if created:
             shutil.rmtree(workdir, ignore_errors=True)
         else:  # what --overwrite prepared for the new run goes; the old run stays
@@ -191,7 +193,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         workdir_lib.check_config_matches(workdir, config)
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
     incoming = os.path.join(workdir, INCOMING_ARTIFACTS)
-    dataset = task.load_data(incoming if replacing else artifacts)
+    dataset = _load_data(task, incoming if replacing else artifacts)
     if config.get("input_pipeline") == "grain" and isinstance(dataset.train, dict):
         raise ConfigError(
             f"Task '{config.task}' reads its data into memory only; set "
@@ -216,13 +218,14 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     initialized_from = None
     if init_from:
         state, initialized_from = _initialize_from(init_from, state, config.init.reinitialize)
-    if replacing:  # the new run is ready: only now does the old one go
+    if replacing and parallel.process_index() == 0:  # the new run is ready: the old one goes
         removed = workdir_lib.remove_run(workdir)
         if os.path.isdir(incoming):
             os.replace(incoming, artifacts)
         logging.warning("--overwrite removed the earlier run's %s.", ", ".join(removed))
 
-    # Hosts prepare data at different speeds; they meet before their first collective.
+    # Hosts prepare data at different speeds; they meet before their first collective (and
+    # before reading checkpoints, which --overwrite may just have removed).
     parallel.wait_for_processes("prepared")
     checkpointer = checkpoints.Checkpointer(
         os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
@@ -273,6 +276,17 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
         writer, checkpointer, lock, start_time, augmentation, train_stream, resident,
     )  # fmt: skip
+
+
+def _load_data(task: Task, artifacts_dir: str) -> data.Dataset:
+    """The task's data; process 0 loads it first and alone writes what it learns from it
+    (tokenizers, input statistics) to `artifacts_dir`, which the other processes then read."""
+    if parallel.process_index() != 0:
+        parallel.wait_for_processes("artifacts_written")
+    dataset = task.load_data(artifacts_dir)
+    if parallel.process_index() == 0:
+        parallel.wait_for_processes("artifacts_written")
+    return dataset
 
 
 def _initialize_from(

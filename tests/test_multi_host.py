@@ -2,14 +2,17 @@
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from experiments.image_classification import datasets
+from research import parallel, trainer
 from research import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import REPO_ROOT, launch_command, subprocess_environment
@@ -66,29 +69,62 @@ def _command(workdir, data_dir, overrides, *extra, config=CONFIG):
     )
 
 
-def _start_processes(workdir, data_dir, overrides, count=2, config=CONFIG, extra=()):
+def _start_processes(
+    workdir, data_dir, overrides, count=2, config=CONFIG, extra=(), per_process=()
+):
+    """`count` processes of one run; each writes its output to `<workdir>.process<i>.log`.
+
+    `per_process[i]`, if given, holds flags for process i alone.
+    """
     port = _free_port()
-    return [
-        subprocess.Popen(
-            _command(
-                workdir,
-                data_dir,
-                overrides,
-                f"--coordinator_address=127.0.0.1:{port}",
-                f"--num_processes={count}",
-                f"--process_id={index}",
-                "--heartbeat_timeout_seconds=10",
-                *extra,
-                config=config,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=subprocess_environment(device_count=2),
-            cwd=REPO_ROOT,
-        )
-        for index in range(count)
-    ]
+    processes = []
+    for index in range(count):
+        own_flags = per_process[index] if per_process else ()
+        log_path = f"{workdir}.process{index}.log"
+        with open(log_path, "w") as log:  # the child keeps its own handle
+            process = subprocess.Popen(
+                _command(
+                    workdir,
+                    data_dir,
+                    overrides,
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    f"--num_processes={count}",
+                    f"--process_id={index}",
+                    "--heartbeat_timeout_seconds=10",
+                    *extra,
+                    *own_flags,
+                    config=config,
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=subprocess_environment(device_count=2),
+                cwd=REPO_ROOT,
+            )
+        process.log_path = log_path
+        processes.append(process)
+    return processes
+
+
+def _output(process) -> str:
+    with open(process.log_path) as log:
+        return log.read()
+
+
+def _wait_for_all(processes, timeout_s=300) -> list[str]:
+    """Each process's output once all have ended; if any is still running after `timeout_s`,
+    all are killed and the test fails showing every process's output."""
+    deadline = time.time() + timeout_s
+    try:
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+            process.wait()
+        tails = [f"process {i}:\n{_output(p)[-3000:]}" for i, p in enumerate(processes)]
+        pytest.fail(f"still running after {timeout_s} s\n" + "\n".join(tails))
+    return [_output(process) for process in processes]
 
 
 @pytest.mark.parametrize("case", ["image_classification", "bucketed_translation"])
@@ -111,11 +147,10 @@ def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, d
     processes = _start_processes(
         tmp_path / "multi", multi_data_dir, overrides, config=config, extra=extra
     )
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
+    for process, output in zip(processes, _wait_for_all(processes), strict=True):
+        assert process.returncode == 0, output[-3000:]
         if extra:
-            assert "through the grain input pipeline" in stderr, stderr[-3000:]
+            assert "through the grain input pipeline" in output, output[-3000:]
 
     with open(tmp_path / "multi" / workdir_lib.RUN_FILE) as file:
         devices = json.load(file)["devices"]
@@ -141,10 +176,59 @@ def test_a_dead_process_makes_the_other_exit_with_an_error(data_dir, tmp_path):
     assert metrics.exists(), "training never started"
     processes[1].send_signal(signal.SIGKILL)
     killed_at = time.time()
-    try:
-        processes[0].communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        processes[0].kill()
-        pytest.fail("the surviving process hung for 120 s after its peer died")
+    _wait_for_all(processes, timeout_s=120)
     assert processes[0].returncode != 0
     assert time.time() - killed_at < 120
+
+
+def test_a_process_that_fails_with_an_error_ends_the_others_within_seconds(data_dir, tmp_path):
+    """Process 1 alone is misconfigured (Grain input for a dataset prepared as TFRecords).
+
+    It reports the mistake and leaves; process 0, which would otherwise wait at the next meeting
+    point for 10 minutes, ends with an error within seconds, and no workdir is left behind.
+    """
+    processes = _start_processes(
+        tmp_path / "run", data_dir, OVERRIDES, per_process=((), ("--config.input_pipeline=grain",))
+    )
+    processes[1].wait(timeout=240)
+    failed_at = time.time()
+    _wait_for_all(processes, timeout_s=120)
+    ended_after = time.time() - failed_at
+    assert processes[1].returncode == 2
+    assert "prepared as TFRecord files, which the grain" in _output(processes[1])
+    assert processes[0].returncode != 0, _output(processes[0])[-3000:]
+    assert ended_after < 60, ended_after
+    assert not (tmp_path / "run").exists()
+
+
+def test_process_0_writes_the_artifacts_before_the_other_processes_read_them(monkeypatch, tmp_path):
+    """Two threads stand in for two processes loading a task that learns a vocabulary from its
+    data and keeps it in the run's artifacts (as the translation tokenizers are): process 1 must
+    find process 0's finished file, never write its own or read a half-written one."""
+    barrier, this = threading.Barrier(2), threading.local()
+    monkeypatch.setattr(parallel, "process_index", lambda: this.index)
+    monkeypatch.setattr(parallel, "wait_for_processes", lambda name: barrier.wait(timeout=60))
+    found = {}
+
+    class VocabularyTask:
+        def load_data(self, artifacts_dir):
+            path = pathlib.Path(artifacts_dir, "vocabulary.txt")
+            found[this.index] = path.read_text() if path.exists() else None
+            if found[this.index] is None:
+                os.makedirs(artifacts_dir, exist_ok=True)
+                with open(path, "w") as file:
+                    file.write("learned ")
+                    time.sleep(0.5)  # slow enough for an unordered reader to catch it half-done
+                    file.write("from the data")
+            return this.index
+
+    def load(index):
+        this.index = index
+        trainer._load_data(VocabularyTask(), str(tmp_path / "artifacts"))
+
+    threads = [threading.Thread(target=load, args=(index,)) for index in (0, 1)]
+    for thread in reversed(threads):  # process 1 starts first
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert found == {0: None, 1: "learned from the data"}

@@ -101,12 +101,22 @@ def _builder(config, builder_class, pipeline: str):
     import tensorflow_datasets as tfds
 
     data_dir = os.path.expanduser(config.data_dir)
-    if builder_class is not None:
-        file_format = "array_record" if pipeline == "grain" else None
-        return builder_class(
-            data_dir=data_dir, **({"file_format": file_format} if file_format else {})
-        )
-    return tfds.builder(config.dataset, data_dir=data_dir)
+    if builder_class is None:
+        return tfds.builder(config.dataset, data_dir=data_dir)
+    if pipeline != "grain":
+        return builder_class(data_dir=data_dir)
+    try:
+        return builder_class(data_dir=data_dir, file_format="array_record")
+    except ValueError as error:  # tfds: "File format is already set to FileFormat.TFRECORD"
+        if "already set" not in str(error):
+            raise
+        raise ConfigError(
+            f"{config.dataset} in {data_dir} is prepared as TFRecord files, which the grain "
+            "input pipeline cannot read; set --config.data_dir to a folder of ArrayRecord files "
+            "(embedded datasets are prepared there on first use; Fashion-MNIST: python -m "
+            "experiments.image_classification.datasets prepare_fashion_mnist --file_format "
+            "array_record --data_dir DIR) or set --config.input_pipeline=memory."
+        ) from None
 
 
 def _pipeline(config, builder, input_key: str) -> str:
