@@ -166,21 +166,6 @@ def _enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _import_input_libraries_quietly() -> None:
-    """Imports TensorFlow and tfds with their C++ start-up notices (oneDNN, CPU features),
-    which are written straight to stderr, hidden; their Python errors still show."""
-    saved_stderr, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        import tensorflow  # noqa: F401
-        import tensorflow_datasets as tfds
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(null)
-    tfds.disable_progress_bar()
-
-
 def _append_xla_flags(config_flags: str) -> None:
     """Appends the config's `xla_flags` to XLA_FLAGS; XLA reads it when the backend starts,
     which nothing before this point has done (the trainer warns if it had)."""
@@ -192,7 +177,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; pass settings as --config.<key>=<value>.")
     logging.get_absl_handler().addFilter(_keep_log_record)
-    _import_input_libraries_quietly()
+    import tensorflow_datasets as tfds  # without TensorFlow, which data.import_tensorflow loads
+
+    tfds.disable_progress_bar()
     if FLAGS.compilation_cache_dir:
         _enable_compilation_cache(os.path.expanduser(FLAGS.compilation_cache_dir))
     # Import after flag parsing so XLA sees the environment the user set.

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -250,6 +251,23 @@ class GeneratedLocally:
         pass
 
 
+def import_tensorflow():
+    """TensorFlow, for tfds's readers and writers: imported on first need (seconds), so runs
+    on other data never pay for it; its C++ start-up notices (oneDNN, CPU features), written
+    straight to stderr, are hidden while Python errors still show."""
+    if "tensorflow" not in sys.modules:
+        saved_stderr, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        try:
+            import tensorflow as tf
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            os.close(null)
+        tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off accelerators JAX needs
+    return sys.modules["tensorflow"]
+
+
 def load_tfds_arrays(
     name: str, split: str, data_dir: str, builder_class: type | None = None
 ) -> Arrays:
@@ -259,10 +277,9 @@ def load_tfds_arrays(
     `data_dir` on first use. Without it, `name` is a registered tfds dataset that must
     already be prepared in `data_dir`: nothing is downloaded.
     """
-    import tensorflow as tf
+    import_tensorflow()
     import tensorflow_datasets as tfds
 
-    tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off accelerators JAX needs
     data_dir = os.path.expanduser(data_dir)
     if builder_class is not None:
         builder = builder_class(data_dir=data_dir)

@@ -125,8 +125,7 @@ class TfdsRecords:
     def read(self, indices: list[int]) -> data.Arrays:
         """Rows `indices`, decoded and stacked: `{feature: [rows, ...]}`."""
         if self._decode is None:
-            import tensorflow as tf
-
+            tf = data.import_tensorflow()
             spec = tf.nest.map_structure(
                 lambda info: tf.TensorSpec(info.shape, info.dtype), self.features.get_tensor_info()
             )

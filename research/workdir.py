@@ -185,6 +185,20 @@ ELAPSED = "elapsed_s"
 TIMING_METRICS = ("steps_per_second", ELAPSED)
 
 
+def _open_event_file(workdir: str):
+    """A new TensorBoard event file in `workdir`, written with TensorBoard's record writer
+    rather than TensorFlow's (whose import takes seconds, and which tensorboard's own
+    `EventFileWriter` imports when it is installed)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    writer = RecordWriter(open(os.path.join(workdir, name), "ab"))  # noqa: SIM115 (run-long)
+    version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+    writer.write(version.SerializeToString())
+    return writer
+
+
 class Writer:
     """Appends metrics and writes the run's records into the workdir (process 0 only)."""
 
@@ -197,10 +211,7 @@ class Writer:
         self._start_time = time.time() if start_time is None else start_time
         if self.active:
             os.makedirs(workdir, exist_ok=True)
-            # Importing TensorFlow takes seconds: here, not at the first log inside the loop.
-            import tensorflow as tf
-
-            self._tensorboard = tf.summary.create_file_writer(workdir)
+            self._tensorboard = _open_event_file(workdir)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -298,11 +309,15 @@ class Writer:
             )
 
     def _write_tensorboard(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        import tensorflow as tf
+        """One event of float32 scalars `split/name`, as `tf.summary.scalar` writes them."""
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
-        with self._tensorboard.as_default(step=step):
-            for name, value in metrics.items():
-                tf.summary.scalar(f"{split}/{name}", float(value))
+        summary = summary_pb2.Summary()
+        for name, value in metrics.items():
+            summary.value.extend(scalar_pb(f"{split}/{name}", float(value)).value)
+        event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+        self._tensorboard.write(event.SerializeToString())
         self._tensorboard.flush()
 
     def plot_learning_curves(self) -> None:

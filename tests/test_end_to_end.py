@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -75,7 +76,23 @@ def _check_workdir(workdir, config, summary):
     elapsed = [r[workdir_lib.ELAPSED] for r in records]
     assert elapsed == sorted(elapsed) and 0 < elapsed[-1] <= summary["wall_time_s"]
     assert (workdir / workdir_lib.CURVES_FILE).stat().st_size > 1000
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    # TensorBoard holds every record's metrics, as float32 scalars at the record's step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    logged = {
+        (tag, event.step): event.tensor_proto.float_val[0]
+        for tag in events.Tags()["tensors"]
+        for event in events.Tensors(tag)
+    }
+    expected = {
+        (f"{r['split']}/{name}", r["step"]): np.float32(value)
+        for r in records
+        for name, value in r.items()
+        if name not in ("step", "split", workdir_lib.ELAPSED)  # TensorBoard has its wall time
+    }
+    assert logged == expected
     kept = sorted(int(n) for n in os.listdir(workdir / workdir_lib.CHECKPOINT_DIR) if n.isdigit())
     assert kept == [8, 12]
 

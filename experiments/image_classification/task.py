@@ -140,6 +140,7 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             f"choose one of {', '.join(DATASETS)}."
         )
     builder_class, input_key, eval_splits, num_classes = DATASETS[config.dataset]
+    data.import_tensorflow()  # tfds reads and writes these datasets with it
     classes = _checked_classes(config, num_classes)
     per_class = config.get("train_examples_per_class", 0)
     if per_class < 0:

@@ -6,6 +6,8 @@ import gzip
 import os
 import pathlib
 
+from research import data
+
 Pair = tuple[str, str]
 
 # File stems that name a split; every stem starting with "test" is a test split of its own.
@@ -110,8 +112,9 @@ def read_wmt(
 
     Returns splits "train", "valid" and "test" (tfds train, validation and test).
     """
-    # Imported here so that folder corpora and SCAN never pay for loading TensorFlow.
     import tensorflow_datasets as tfds
+
+    data.import_tensorflow()  # here: folder corpora and SCAN never pay for loading it
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
