@@ -277,17 +277,79 @@ def load_tfds_arrays(
     `data_dir` on first use. Without it, `name` is a registered tfds dataset that must
     already be prepared in `data_dir`: nothing is downloaded.
     """
-    import_tensorflow()
     import tensorflow_datasets as tfds
 
     data_dir = os.path.expanduser(data_dir)
     if builder_class is not None:
         builder = builder_class(data_dir=data_dir)
-        builder.download_and_prepare()
+        if not builder.is_prepared():
+            import_tensorflow()
+            builder.download_and_prepare()
     else:
         builder = tfds.builder(name, data_dir=data_dir)
     if str(getattr(builder.info.file_format, "value", "")) == "array_record":
         return _read_array_record(builder, split)
+    cache = _DecodedSplit(builder, split)
+    arrays = cache.read()
+    if arrays is None:
+        arrays = _read_tfrecord(builder, name, split, data_dir)
+        cache.write(arrays)
+    return arrays
+
+
+class _DecodedSplit:
+    """A split's decoded arrays kept beside its TFRecord files (`.npz`), so that later runs
+    read them in a moment, without TensorFlow; keyed by the names, sizes and times of the
+    split's files and dataset_info.json, so a re-prepared dataset is decoded afresh. No cache
+    where the files cannot be listed, while tfds.testing.mock_data is active, or where the
+    folder is read-only."""
+
+    def __init__(self, builder, split: str):
+        import tensorflow_datasets as tfds
+
+        self.path, self.key = None, None
+        reading = tfds.core.dataset_builder.DatasetBuilder.as_dataset
+        if reading.__module__.startswith("tensorflow_datasets.testing"):
+            return  # tfds.testing.mock_data: its arrays must never pass for the files'
+        try:
+            files = [str(path) for path in builder.info.splits[split].filepaths]
+            folder = str(builder.data_dir)
+            files.append(os.path.join(folder, "dataset_info.json"))
+            stats = [
+                (os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files
+            ]
+        except (KeyError, OSError, TypeError, ValueError):
+            return
+        self.path = os.path.join(folder, f"decoded_arrays.{split}.npz")
+        self.key = hashlib.sha256(repr(stats).encode()).hexdigest()
+
+    def read(self) -> Arrays | None:
+        if self.path is None or not os.path.exists(self.path):
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                if str(stored["__key__"]) != self.key:
+                    return None
+                return {name: stored[name] for name in stored.files if name != "__key__"}
+        except (OSError, ValueError, KeyError, EOFError):  # damaged: decode again
+            return None
+
+    def write(self, arrays: Arrays) -> None:
+        if self.path is None or any(array.dtype == object for array in arrays.values()):
+            return  # object arrays (strings) would need pickle to load
+        temporary = f"{self.path}.{os.getpid()}.tmp.npz"
+        try:
+            np.savez(temporary, __key__=np.array(self.key), **arrays)
+            os.replace(temporary, self.path)  # readers never see half a file
+        except OSError:  # a read-only dataset folder: decode each time
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+def _read_tfrecord(builder, name: str, split: str, data_dir: str) -> Arrays:
+    import tensorflow_datasets as tfds
+
+    import_tensorflow()
     try:
         # Batches of a fixed size, concatenated: batch_size=-1 needs the split's size, which
         # tfds.testing.mock_data does not know.

@@ -1,5 +1,6 @@
 """Batches are pure functions of (seed, step); evaluation counts every example once."""
 
+import os
 from unittest import mock
 
 import numpy as np
@@ -74,3 +75,48 @@ def test_fingerprint_changes_when_any_value_changes():
     changed = data.Dataset(train=train, eval_splits={"test": {"x": np.array([1, 2], np.float32)}})
     assert data.fingerprint(dataset) == data.fingerprint(dataset)
     assert data.fingerprint(dataset) != data.fingerprint(changed)
+
+
+def test_decoded_splits_are_read_back_without_tensorflow_and_decoded_again_when_stale(tmp_path):
+    """The first load decodes MNIST-1D's TFRecords and keeps the arrays beside them; a later
+    process reads those without importing TensorFlow; touching the files, or mocking tfds,
+    makes the loader read the files again, and a mock never overwrites the kept arrays."""
+    import subprocess
+    import sys
+
+    import tensorflow_datasets as tfds
+
+    from experiments.image_classification import datasets
+    from tests import helpers
+
+    data_dir = str(tmp_path)
+    first = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
+    script = (
+        "import sys; from research import data; "
+        "from experiments.image_classification import datasets; "
+        f"a = data.load_tfds_arrays('mnist1d', 'train', {data_dir!r}, datasets.Mnist1d); "
+        "print(data.fingerprint(data.Dataset(a, {}, {})), 'tensorflow' in sys.modules)"
+    )
+    later = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=helpers.REPO_ROOT,
+        env=helpers.subprocess_environment(), timeout=300,
+    )  # fmt: skip
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert later.stdout.split() == [data.fingerprint(data.Dataset(first, {}, {})), "False"]
+
+    decodes = []
+    original = data._read_tfrecord
+    with mock.patch.object(data, "_read_tfrecord", lambda *a: decodes.append(1) or original(*a)):
+        folder = tmp_path / "mnist1d" / "1.0.0"
+        os.utime(folder / "dataset_info.json")  # as a re-prepared dataset would be
+        again = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
+        assert len(decodes) == 1 and data.fingerprint(data.Dataset(again, {}, {})) == (
+            data.fingerprint(data.Dataset(first, {}, {}))
+        )
+        data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
+        assert len(decodes) == 1  # kept again under the new key
+        with tfds.testing.mock_data(num_examples=5):
+            mocked = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
+        assert len(mocked["signal"]) == 5
+        kept = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
+        assert len(decodes) == 2 and np.array_equal(kept["signal"], first["signal"])

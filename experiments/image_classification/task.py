@@ -140,7 +140,6 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             f"choose one of {', '.join(DATASETS)}."
         )
     builder_class, input_key, eval_splits, num_classes = DATASETS[config.dataset]
-    data.import_tensorflow()  # tfds reads and writes these datasets with it
     classes = _checked_classes(config, num_classes)
     per_class = config.get("train_examples_per_class", 0)
     if per_class < 0:
@@ -156,6 +155,7 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
                 "pipeline; set --config.input_pipeline=memory."
             )
         if builder_class is not None:
+            data.import_tensorflow()  # tfds writes the files with it
             builder.download_and_prepare()
         sources = {
             split: streaming.tfds_source(builder, split) for split in ("train", *eval_splits)
