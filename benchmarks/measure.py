@@ -178,8 +178,8 @@ def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict
     per_call = short.get("steps_per_dispatch", 1)
     loop_seconds = (short.num_train_steps - per_call) / steps_per_s
     input_seconds = sum(input_s[1:])
-    # The last log interval: after the one-time costs of the first log (TensorBoard's writer
-    # imports TensorFlow) and before the final checkpoint.
+    # The last log interval: after the one-time costs of the first log (TensorBoard file,
+    # learning-curve plot) and before the final checkpoint.
     steady_steps_per_s = summary["train"]["steps_per_second"]
     return {
         "examples_per_s": steps_per_s * short.batch_size,
