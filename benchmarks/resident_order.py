@@ -1,0 +1,59 @@
+"""The regression MLP's device-resident loop as it is, and with every epoch's permutation
+drawn before the loop: how much of the host's time per call the data order takes.
+
+    .venv/bin/python benchmarks/resident_order.py asis|precomputed [STEPS]
+
+Prints examples/s of the loop and of its last log interval, and the training thread's mean
+time per call in `Run.device_batches` with its share of the loop (benchmarks/NOTES.md,
+"Where the regression MLP's host time goes").
+"""
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+
+def main() -> None:
+    variant = sys.argv[1]
+    num_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
+    from benchmarks import measure, suite
+    from research import data, trainer
+
+    benchmark = suite.BY_NAME["regression_mlp_resident"]
+    config = suite.load_config(benchmark, quick=False)
+    config.num_train_steps = num_steps
+    config.eval_every_steps = config.checkpoint_every_steps = num_steps
+    task = suite.get_task(config)
+    artifacts, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()
+    try:
+        dataset, _ = suite.load_dataset(benchmark, config, task, artifacts)
+        if variant == "precomputed":  # the same permutations, all drawn before the loop
+            examples = data.num_examples(dataset.train)
+            draw = data._epoch_permutation.__wrapped__
+            epochs = num_steps * config.batch_size // examples + 2
+            table = {epoch: draw(examples, config.seed, epoch) for epoch in range(epochs)}
+            data._epoch_permutation = lambda count, seed, epoch: table[epoch]
+        wrapped = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
+        calls = []
+        with measure.timed_calls(trainer.Run, "device_batches", calls):
+            summary = trainer.train_and_evaluate(config, workdir, wrapped)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(artifacts, ignore_errors=True)
+    per_call = config.steps_per_dispatch
+    input_ms = np.array(calls[1:]) * 1e3
+    loop_s = (num_steps - per_call) / summary["steps_per_second"]
+    print(f"{variant}: {summary['steps_per_second'] * config.batch_size:.0f} ex/s, steady "
+          f"{summary['train']['steps_per_second'] * config.batch_size:.0f}; device_batches "
+          f"mean {input_ms.mean():.3f} ms, share {input_ms.sum() / 1e3 / loop_s:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
