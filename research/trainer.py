@@ -281,11 +281,14 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
 def _load_data(task: Task, artifacts_dir: str) -> data.Dataset:
     """The task's data; process 0 loads it first and alone writes what it learns from it
     (tokenizers, input statistics) to `artifacts_dir`, which the other processes then read."""
+    # As long as process 0 takes (WMT's encoding: many minutes); a dead one ends the wait at
+    # once through the heartbeat.
+    timeout_s = 6 * 3600
     if parallel.process_index() != 0:
-        parallel.wait_for_processes("artifacts_written")
+        parallel.wait_for_processes("artifacts_written", timeout_s)
     dataset = task.load_data(artifacts_dir)
     if parallel.process_index() == 0:
-        parallel.wait_for_processes("artifacts_written")
+        parallel.wait_for_processes("artifacts_written", timeout_s)
     return dataset
 
 

@@ -207,7 +207,7 @@ def test_process_0_writes_the_artifacts_before_the_other_processes_read_them(mon
     find process 0's finished file, never write its own or read a half-written one."""
     barrier, this = threading.Barrier(2), threading.local()
     monkeypatch.setattr(parallel, "process_index", lambda: this.index)
-    monkeypatch.setattr(parallel, "wait_for_processes", lambda name: barrier.wait(timeout=60))
+    monkeypatch.setattr(parallel, "wait_for_processes", lambda *_: barrier.wait(timeout=60))
     found = {}
 
     class VocabularyTask:
