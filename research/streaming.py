@@ -127,7 +127,8 @@ class TfdsRecords:
         if self._decode is None:
             tf = data.import_tensorflow()
             spec = tf.nest.map_structure(
-                lambda info: tf.TensorSpec(info.shape, info.dtype), self.features.get_tensor_info()
+                lambda info: tf.TensorSpec(info.shape, info.tf_dtype),
+                self.features.get_tensor_info(),
             )
             self._decode = tf.function(
                 lambda rows: tf.map_fn(
@@ -179,11 +180,13 @@ class BatchReader:
         )
 
 
-def _end_with_parent(worker_index: int, worker_count: int) -> None:
-    """Grain worker start: die with the training process, even when it is killed with -9."""
+def _start_worker(worker_index: int, worker_count: int) -> None:
+    """Grain worker start: die with the training process, even when it is killed with -9;
+    import TensorFlow (which decodes the records) with its start-up notices hidden."""
     del worker_index, worker_count
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    data.import_tensorflow()
 
 
 class Stream:
@@ -213,7 +216,7 @@ class Stream:
                 grain.MultiprocessingOptions(
                     num_workers=self.workers, per_worker_buffer_size=self.prefetch
                 ),
-                worker_init_fn=_end_with_parent,
+                worker_init_fn=_start_worker,
             )
         return iter(dataset)
 
