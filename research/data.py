@@ -10,6 +10,7 @@ import functools
 import hashlib
 import os
 import sys
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -331,8 +332,8 @@ class _DecodedSplit:
                 if str(stored["__key__"]) != self.key:
                     return None
                 return {name: stored[name] for name in stored.files if name != "__key__"}
-        except (OSError, ValueError, KeyError, EOFError):  # damaged: decode again
-            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged
+            return None  # decoded again, and written anew
 
     def write(self, arrays: Arrays) -> None:
         if self.path is None or any(array.dtype == object for array in arrays.values()):
@@ -341,7 +342,7 @@ class _DecodedSplit:
         try:
             np.savez(temporary, __key__=np.array(self.key), **arrays)
             os.replace(temporary, self.path)  # readers never see half a file
-        except OSError:  # a read-only dataset folder: decode each time
+        except (OSError, TypeError):  # a read-only folder; a feature named like savez's "file"
             if os.path.exists(temporary):
                 os.remove(temporary)
 

@@ -115,8 +115,12 @@ def test_decoded_splits_are_read_back_without_tensorflow_and_decoded_again_when_
         )
         data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
         assert len(decodes) == 1  # kept again under the new key
+        kept_file = folder / "decoded_arrays.train.npz"
+        kept_file.write_bytes(kept_file.read_bytes()[:1000])  # a damaged copy
+        damaged = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
+        assert len(decodes) == 2 and np.array_equal(damaged["signal"], first["signal"])
         with tfds.testing.mock_data(num_examples=5):
             mocked = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
         assert len(mocked["signal"]) == 5
         kept = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
-        assert len(decodes) == 2 and np.array_equal(kept["signal"], first["signal"])
+        assert len(decodes) == 3 and np.array_equal(kept["signal"], first["signal"])
