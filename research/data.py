@@ -316,9 +316,8 @@ class _DecodedSplit:
             files = [str(path) for path in builder.info.splits[split].filepaths]
             folder = str(builder.data_dir)
             files.append(os.path.join(folder, "dataset_info.json"))
-            stats = [
-                (os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files
-            ]
+            stats = [(os.path.basename(f), os.stat(f)) for f in files]
+            stats = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in stats]
         except (KeyError, OSError, TypeError, ValueError):
             return
         self.path = os.path.join(folder, f"decoded_arrays.{split}.npz")

@@ -38,14 +38,17 @@ class Interval:
 
     def _fetched(self) -> dict:
         """Host copies of the outputs, each leaf `[steps, ...]` over the interval's steps (each
-        dispatch fetched once: checkpoints and logs both read them)."""
-        for outputs in self.outputs[self._fetched_dispatches :]:
-            host = parallel.unreplicate(outputs)
-            if self.steps_per_dispatch == 1:
-                host = jax.tree.map(lambda leaf: np.asarray(leaf)[None], host)
-            self._host.append(host)
-        self._fetched_dispatches = len(self.outputs)
-        return jax.tree.map(lambda *leaves: np.concatenate(leaves), *self._host)
+        dispatch fetched and joined once: the divergence check and the log both read them)."""
+        new = self.outputs[self._fetched_dispatches :]
+        if new:
+            for outputs in new:
+                host = parallel.unreplicate(outputs)
+                if self.steps_per_dispatch == 1:
+                    host = jax.tree.map(lambda leaf: np.asarray(leaf)[None], host)
+                self._host.append(host)
+            self._host = [jax.tree.map(lambda *leaves: np.concatenate(leaves), *self._host)]
+            self._fetched_dispatches = len(self.outputs)
+        return self._host[0]
 
     def first_nonfinite_step(self) -> int | None:
         """The 1-based step number whose loss or gradient was not finite, if any."""

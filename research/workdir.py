@@ -393,8 +393,9 @@ def _read_records(path: str) -> list[dict[str, Any]]:
 
 
 def remove_run(workdir: str) -> list[str]:
-    """Deletes a run's records and checkpoints from `workdir`; returns what was removed."""
-    if parallel.process_index() != 0 or not os.path.isdir(workdir):
+    """Deletes a run's records and checkpoints from `workdir`; returns what was removed.
+    Process 0 alone calls it (the trainer's --overwrite)."""
+    if not os.path.isdir(workdir):
         return []
     removed = []
     for name in sorted(os.listdir(workdir)):

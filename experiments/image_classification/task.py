@@ -92,7 +92,7 @@ def _cached_statistics(artifacts_dir: str, description: str, compute) -> tuple:
         record = {"data": description, "mean": mean.tolist(), "std": std.tolist()}
         with open(f"{path}.{os.getpid()}.tmp", "w") as file:
             json.dump(record, file)
-        os.replace(f"{path}.{os.getpid()}.tmp", path)  # hosts sharing a workdir write alike
+        os.replace(f"{path}.{os.getpid()}.tmp", path)  # readers never see half a file
     return mean, std
 
 
