@@ -128,16 +128,19 @@ def timed_calls(owner, name: str, durations: list[float]):
         setattr(owner, name, original)
 
 
-def loop_config(config, bare_steps_per_s: float, mode: str):
+def loop_config(config, bare_steps_per_s: float, mode: str, max_steps: int | None = None):
     """The config of a short full-loop run: how many steps, and the cadences it keeps.
 
-    The step count fills about `LOOP_BUDGET_S` at the bare step's speed. Logging keeps the
+    The step count fills about `LOOP_BUDGET_S` at the bare step's speed, within
+    `LOOP_STEPS` (in full mode `max_steps`, where given, is the cap). Logging keeps the
     config's cadence when the run holds four logs of it, else logs four times (the last
     interval, a whole one, gives the steady speed); checkpoints keep the config's cadence (in
     a short run: one, the final one, which every run writes). Evaluation is off: the
     benchmark data has no evaluation splits.
     """
     low, high = LOOP_STEPS[mode]
+    if mode == "full" and max_steps:
+        high = max_steps
     per_call = config.get("steps_per_dispatch", 1)
     num_steps = int(min(high, max(low, LOOP_BUDGET_S[mode] * bare_steps_per_s)))
     num_steps -= num_steps % per_call  # every cadence is a multiple of steps_per_dispatch
@@ -158,9 +161,11 @@ def loop_config(config, bare_steps_per_s: float, mode: str):
     return short, cadence
 
 
-def full_loop(config, task, dataset, bare_steps_per_s: float, mode: str) -> dict:
+def full_loop(
+    config, task, dataset, bare_steps_per_s: float, mode: str, max_steps: int | None = None
+) -> dict:
     """`trainer.train_and_evaluate` on the benchmark data, with its input and checkpoint time."""
-    short, cadence = loop_config(config, bare_steps_per_s, mode)
+    short, cadence = loop_config(config, bare_steps_per_s, mode, max_steps)
     wrapped = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
     workdir = tempfile.mkdtemp(prefix="benchmark_loop_")
     input_s, checkpoint_s = [], []
@@ -226,7 +231,7 @@ def measure(name: str, mode: str, peak_flops: float, settings: dict | None = Non
         # Timed before and after the loop run: a disturbance from other processes rarely
         # covers both, and the best run counts.
         per_step, cores = cores_used(lambda: bare["time"](BUDGET_S[mode]))
-        loop = full_loop(config, task, dataset, 1 / min(per_step), mode)
+        loop = full_loop(config, task, dataset, 1 / min(per_step), mode, benchmark.loop_steps)
         per_step += bare["time"](BUDGET_S[mode])
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)

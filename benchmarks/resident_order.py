@@ -1,7 +1,8 @@
-"""The regression MLP's device-resident loop as it is, and with every epoch's permutation
-drawn before the loop: how much of the host's time per call the data order takes.
+"""The regression MLP's device-resident loop in the "numpy" order (each call's indices drawn
+on the host and sent), the same with every epoch's permutation drawn before the loop, and in
+the "hash" order (found on the device): how much of the host's time per call the order takes.
 
-    .venv/bin/python benchmarks/resident_order.py asis|precomputed [STEPS]
+    .venv/bin/python benchmarks/resident_order.py numpy|precomputed|hash [STEPS]
 
 Prints examples/s of the loop and of its last log interval, and the training thread's mean
 time per call in `Run.device_batches` with its share of the loop (benchmarks/NOTES.md,
@@ -30,16 +31,17 @@ def main() -> None:
     config = suite.load_config(benchmark, quick=False)
     config.num_train_steps = num_steps
     config.eval_every_steps = config.checkpoint_every_steps = num_steps
+    config.train_order = "hash" if variant == "hash" else "numpy"
     task = suite.get_task(config)
     artifacts, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()
     try:
         dataset, _ = suite.load_dataset(benchmark, config, task, artifacts)
         if variant == "precomputed":  # the same permutations, all drawn before the loop
             examples = data.num_examples(dataset.train)
-            draw = data._epoch_permutation.__wrapped__
+            draw = data.epoch_permutation.__wrapped__
             epochs = num_steps * config.batch_size // examples + 2
             table = {epoch: draw(examples, config.seed, epoch) for epoch in range(epochs)}
-            data._epoch_permutation = lambda count, seed, epoch: table[epoch]
+            data.epoch_permutation = lambda count, seed, epoch, order: table[epoch]
         wrapped = dataclasses.replace(task, load_data=lambda artifacts_dir: dataset)
         calls = []
         with measure.timed_calls(trainer.Run, "device_batches", calls):

@@ -5,7 +5,7 @@ import re
 
 import ml_collections
 
-from research import optimizers, parameters
+from research import data, optimizers, parameters
 from research.errors import UserError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -241,6 +241,12 @@ def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None
                 f"config.steps_per_dispatch={per_dispatch}; set --config.{key} to a multiple "
                 "of it or lower --config.steps_per_dispatch."
             )
+    order = config.get("train_order", "numpy")
+    if order not in data.TRAIN_ORDERS:
+        raise ConfigError(
+            f"config.train_order '{order}' is unknown; choose one of "
+            f"{', '.join(data.TRAIN_ORDERS)}."
+        )
     flags = config.get("xla_flags", "")
     if not isinstance(flags, str) or any(not f.startswith("--") for f in flags.split()):
         raise ConfigError(
@@ -283,6 +289,10 @@ def base_config() -> ml_collections.ConfigDict:
     # "device": the training split copied to every device, batches gathered inside the step.
     config.input_pipeline = "auto"
     config.input_workers = 2
+    # How each epoch orders the examples: "numpy" (a PCG64 permutation) or "hash" (a keyed
+    # bijection of positions, which with input_pipeline "device" each device computes for its
+    # own rows, so no indices cross from the host). Every input path gives the same batches.
+    config.train_order = "numpy"
     # Scaling up (README, "Scaling up"): compute and parameter dtypes (float32 master weights,
     # loss and optimizer state whatever they are), micro-batches per step, training steps per
     # compiled call, and flags appended to XLA_FLAGS before the backend starts.

@@ -14,6 +14,8 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -68,27 +70,108 @@ def fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
+# How each epoch orders the training examples (`config.train_order`):
+# "numpy": a permutation drawn by `np.random.default_rng([seed, epoch])` (PCG64);
+# "hash": position p of the epoch holds example `hash_permutation(seed, epoch, p)`, a keyed
+#   bijection that numpy and XLA compute to the same bits, so a device can find the examples
+#   of its own batch rows itself (`device_train_indices`), with no sort and no transfer.
+TRAIN_ORDERS = ("numpy", "hash")
+# One odd 32-bit constant per round (multiplying by one is a bijection modulo any power of
+# two). Six rounds: with four, the orders of different epochs were measurably correlated
+# (tests/test_data.py, `test_hash_order_shuffles_like_a_random_permutation`).
+_MULTIPLIERS = (0x2C1B3C6D, 0x297A2D39, 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F)
+
+
+def _mix32(x):
+    """MurmurHash3's finalizer on uint32 numpy or jax arrays: a bijection of 32-bit words in
+    which every input bit flips about half of the output bits."""
+    x = x ^ (x >> 16)
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _round_keys(seed: int, epochs, stream: int) -> list:
+    """One key per round of `_permute_bits` for each of `epochs` (a uint32 array)."""
+    digest = hashlib.sha256(f"train_order/{seed}/{stream}".encode()).digest()
+    epoch_keys = _mix32(epochs ^ np.uint32(int.from_bytes(digest[:4], "little")))
+    return [_mix32(epoch_keys ^ np.uint32(r + 1)) for r in range(len(_MULTIPLIERS))]
+
+
+def _permute_bits(x, keys: list, bits: int):
+    """A keyed bijection of [0, 2**bits): each round xors a key, multiplies by an odd number
+    and xors the high half into the low half, all modulo 2**bits (each step invertible)."""
+    mask, shift = np.uint32(2**bits - 1), max(1, bits // 2)
+    for key, multiplier in zip(keys, _MULTIPLIERS, strict=True):
+        x = ((x ^ key) * np.uint32(multiplier)) & mask
+        x = x ^ (x >> shift)
+    return x
+
+
+def hash_permutation(seed: int, epochs, positions, num_examples: int, stream: int = 0):
+    """The examples at `positions` of `epochs` in the "hash" order (uint32 numpy or jax
+    arrays of one shape, each position below `num_examples`).
+
+    `_permute_bits` permutes the smallest power of two at least `num_examples`; a result
+    past the end goes through it again until it lands inside ("cycle walking"), which makes
+    a bijection of [0, num_examples). Each pass leaves under half of them outside.
+    """
+    bits = max(1, (num_examples - 1).bit_length())
+    keys = _round_keys(seed, epochs, stream)
+    examples = _permute_bits(positions, keys, bits)
+    if isinstance(examples, np.ndarray):
+        outside = examples >= num_examples
+        while outside.any():  # only the outside ones: fewer every pass
+            examples[outside] = _permute_bits(examples[outside], [k[outside] for k in keys], bits)
+            outside = examples >= num_examples
+        return examples
+    return jax.lax.while_loop(
+        lambda x: jnp.any(x >= num_examples),
+        lambda x: jnp.where(x >= num_examples, _permute_bits(x, keys, bits), x),
+        examples,
+    )
+
+
 @functools.lru_cache(maxsize=4)
-def _epoch_permutation(num_train_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of epoch `epoch` (cached: every step of an epoch reads the same one)."""
-    permutation = np.random.default_rng([seed, epoch]).permutation(num_train_examples)
+def epoch_permutation(
+    num_train_examples: int, seed: int, epoch: int, order: str = "numpy", stream: int = 0
+) -> np.ndarray:
+    """The order of epoch `epoch` (cached: every step of an epoch reads the same one).
+
+    `stream` > 0 draws another permutation of the same epoch (bucketing shuffles its batches).
+    """
+    if order == "numpy":
+        words = [seed, epoch, stream] if stream else [seed, epoch]
+        permutation = np.random.default_rng(words).permutation(num_train_examples)
+    else:
+        positions = np.arange(num_train_examples, dtype=np.uint32)
+        epochs = np.full(num_train_examples, epoch, np.uint32)
+        permutation = hash_permutation(seed, epochs, positions, num_train_examples, stream)
+        permutation = permutation.astype(np.int64)
     permutation.flags.writeable = False
     return permutation
 
 
 def train_batch_indices(
-    num_train_examples: int, global_batch_size: int, seed: int, step: int
+    num_train_examples: int, global_batch_size: int, seed: int, step: int, order: str = "numpy"
 ) -> np.ndarray:
     """Example indices of the global training batch at `step`: `[global_batch_size]`.
 
-    The examples form one stream of epochs, each a fresh permutation drawn from (seed, epoch);
-    batch `step` is positions `[step * B, (step + 1) * B)` of that stream.
+    The examples form one stream of epochs, each a fresh permutation drawn from (seed, epoch)
+    in the way `order` names; batch `step` is positions `[step * B, (step + 1) * B)` of that
+    stream.
     """
-    return _stream_indices(num_train_examples, global_batch_size, seed, step, 1)[0]
+    return _stream_indices(num_train_examples, global_batch_size, seed, step, 1, order)[0]
 
 
 def _stream_indices(
-    num_train_examples: int, global_batch_size: int, seed: int, step: int, count: int
+    num_train_examples: int,
+    global_batch_size: int,
+    seed: int,
+    step: int,
+    count: int,
+    order: str = "numpy",
 ) -> np.ndarray:
     """The global batches of steps `step .. step + count - 1`: `[count, global_batch_size]`."""
     start, stop = step * global_batch_size, (step + count) * global_batch_size
@@ -96,19 +179,49 @@ def _stream_indices(
     while position < stop:  # the stream's positions, epoch by epoch
         epoch, offset = divmod(position, num_train_examples)
         end = min(stop, (epoch + 1) * num_train_examples)
-        permutation = _epoch_permutation(num_train_examples, seed, epoch)
+        permutation = epoch_permutation(num_train_examples, seed, epoch, order)
         pieces.append(permutation[offset : offset + end - position])
         position = end
     return np.concatenate(pieces).reshape(count, global_batch_size)
 
 
 def host_train_indices(
-    num_train_examples: int, global_batch_size: int, seed: int, step: int, count: int
+    num_train_examples: int,
+    global_batch_size: int,
+    seed: int,
+    step: int,
+    count: int,
+    order: str = "numpy",
 ) -> np.ndarray:
     """This host's example indices of the training batches of steps `step .. step + count
     - 1`, the rows `train_batch` takes: `[count, host_batch]` (int32)."""
-    indices = _stream_indices(num_train_examples, global_batch_size, seed, step, count)
+    indices = _stream_indices(num_train_examples, global_batch_size, seed, step, count, order)
     return indices[:, parallel.host_slice(global_batch_size)].astype(np.int32)
+
+
+def device_train_indices(
+    step: jax.Array, num_train_examples: int, global_batch_size: int, seed: int, count: int
+) -> jax.Array:
+    """Inside a pmapped function, in the "hash" order: this device's example indices of
+    the global batches of steps `step .. step + count - 1`, `[count, device_batch]` (int32;
+    `[device_batch]` when `count` is 1, as a single step takes them).
+
+    The same rows `host_train_indices` gives this device, found where they are used, so no
+    indices cross from the host. Needs `num_train_examples * global_batch_size < 2**31`
+    (positions are int32).
+    """
+    n, b = num_train_examples, global_batch_size
+    per_device = b // parallel.global_device_count()
+    step = step.astype(jnp.int32)
+    # The call's first position, step * b, as (epoch, offset) without forming step * b.
+    epoch = (step // n) * b + (step % n) * b // n
+    offset = (step % n) * b % n
+    first = offset + parallel.device_index() * per_device
+    positions = first + b * jnp.arange(count)[:, None] + jnp.arange(per_device)[None, :]
+    epochs = (epoch + positions // n).astype(jnp.uint32)
+    examples = hash_permutation(seed, epochs, (positions % n).astype(jnp.uint32), n)
+    indices = examples.astype(jnp.int32)
+    return indices[0] if count == 1 else indices
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: epoch plans are cached
@@ -162,7 +275,9 @@ def _take(arrays: Arrays, indices: np.ndarray, buckets: LengthBuckets | None, le
 
 
 @functools.lru_cache(maxsize=2)
-def _bucketed_epoch(buckets: LengthBuckets, global_batch_size: int, seed: int, epoch: int):
+def _bucketed_epoch(
+    buckets: LengthBuckets, global_batch_size: int, seed: int, epoch: int, order: str
+):
     """The global batches of one bucketed epoch: `[batches, global_batch_size]` indices.
 
     A fresh permutation from (seed, epoch), stably sorted by length (so examples of one
@@ -171,23 +286,23 @@ def _bucketed_epoch(buckets: LengthBuckets, global_batch_size: int, seed: int, e
     """
     num_train_examples = len(buckets.lengths)
     num_batches = num_train_examples // global_batch_size
-    order = np.random.default_rng([seed, epoch]).permutation(num_train_examples)
-    order = order[: num_batches * global_batch_size]
-    order = order[np.argsort(buckets.lengths[order], kind="stable")]
-    batches = order.reshape(num_batches, global_batch_size)
-    batches = batches[np.random.default_rng([seed, epoch, 1]).permutation(num_batches)]
+    examples = epoch_permutation(num_train_examples, seed, epoch, order)
+    examples = examples[: num_batches * global_batch_size]
+    examples = examples[np.argsort(buckets.lengths[examples], kind="stable")]
+    batches = examples.reshape(num_batches, global_batch_size)
+    batches = batches[epoch_permutation(num_batches, seed, epoch, order, stream=1)]
     batches.flags.writeable = False
     return batches
 
 
 def bucketed_batch_indices(
-    buckets: LengthBuckets, global_batch_size: int, seed: int, step: int
+    buckets: LengthBuckets, global_batch_size: int, seed: int, step: int, order: str = "numpy"
 ) -> np.ndarray:
     """Example indices of the bucketed global batch at `step`: `[global_batch_size]`."""
     num_batches = len(buckets.lengths) // global_batch_size
     assert num_batches > 0, "fewer training examples than one global batch"
     epoch, position = divmod(step, num_batches)
-    return _bucketed_epoch(buckets, global_batch_size, seed, epoch)[position]
+    return _bucketed_epoch(buckets, global_batch_size, seed, epoch, order)[position]
 
 
 def train_batch(
@@ -196,6 +311,7 @@ def train_batch(
     seed: int,
     step: int,
     buckets: LengthBuckets | None = None,
+    order: str = "numpy",
 ) -> Arrays:
     """This host's rows of the global training batch at `step`: `[host_batch, ...]`.
 
@@ -203,10 +319,10 @@ def train_batch(
     the padded length of the whole global batch, so every host's step has the same shape.
     """
     if buckets is None:
-        indices = train_batch_indices(num_examples(train), global_batch_size, seed, step)
+        indices = train_batch_indices(num_examples(train), global_batch_size, seed, step, order)
         length = 0
     else:
-        indices = bucketed_batch_indices(buckets, global_batch_size, seed, step)
+        indices = bucketed_batch_indices(buckets, global_batch_size, seed, step, order)
         length = padded_length(buckets, indices)
     return _take(train, indices[parallel.host_slice(global_batch_size)], buckets, length)
 

@@ -1,6 +1,7 @@
 """The train state and the pure train and evaluation steps (run under `parallel.pmap`)."""
 
 import functools
+from collections.abc import Callable
 
 import flax
 import flax.linen as nn
@@ -263,11 +264,20 @@ def train_steps(
 
 
 def train_step_on_resident_data(
-    state: TrainState, indices: jax.Array, rng: jax.Array, train_arrays: Batch, *, step
+    state: TrainState,
+    indices: jax.Array | dict,
+    rng: jax.Array,
+    train_arrays: Batch,
+    *,
+    step,
+    draw_indices: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, Metrics]]:
     """`step(state, batch, rng)` on the rows `indices` (`[rows]`, or `[steps, rows]` for
     `train_steps`) of `train_arrays`, the whole training split already on this device:
-    only the indices cross from the host."""
+    only the indices cross from the host. With `draw_indices(state.step)` the device draws
+    them itself and `indices` is empty: nothing crosses."""
+    if draw_indices is not None:
+        indices = draw_indices(state.step)
     batch = jax.tree.map(lambda array: array[indices], train_arrays)
     return step(state, batch, rng)
 

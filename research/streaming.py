@@ -169,11 +169,14 @@ class BatchReader:
     seed: int
     rows: slice  # this host's rows of every global batch
     augmentation: augmentation_lib.Augmentation | None
+    order: str = "numpy"  # config.train_order
 
     def __call__(self, step: int) -> data.Arrays:
         step = int(step)
         # The in-memory path's own index function: the two paths cannot drift apart.
-        indices = data.train_batch_indices(len(self.split), self.global_batch_size, self.seed, step)
+        indices = data.train_batch_indices(
+            len(self.split), self.global_batch_size, self.seed, step, self.order
+        )
         batch = self.split.take(indices[self.rows])
         return augmentation_lib.augment(
             batch, self.augmentation, self.global_batch_size, self.seed, step, self.rows
@@ -290,6 +293,6 @@ def stream(split: StreamingSplit, config, augmentation, workers: int) -> Stream:
     """The training `Stream` of `split` for `config` (batch size, seed, steps)."""
     reader = BatchReader(
         split, config.batch_size, config.seed, parallel.host_slice(config.batch_size),
-        augmentation,
+        augmentation, config.get("train_order", "numpy"),
     )  # fmt: skip
     return Stream(reader, config.num_train_steps, workers)

@@ -69,8 +69,9 @@ class Run:
             return self.train_stream.batch(step)
         config = self.config
         batch = data.train_batch(
-            self.dataset.train, config.batch_size, config.seed, step, self.train_buckets
-        )
+            self.dataset.train, config.batch_size, config.seed, step, self.train_buckets,
+            config.get("train_order", "numpy"),
+        )  # fmt: skip
         rows = parallel.host_slice(config.batch_size)
         return augmentation_lib.augment(
             batch, self.augmentation, config.batch_size, config.seed, step, rows
@@ -80,12 +81,15 @@ class Run:
         """What one call of `train_step` takes from `step` on: `train_batch(step)`, or with
         `steps_per_dispatch = k` the batches of steps `step .. step + k - 1` stacked:
         `[k, host_batch, ...]`."""
-        count = self.config.get("steps_per_dispatch", 1)
+        config = self.config
+        count = config.get("steps_per_dispatch", 1)
+        if self.resident and config.get("train_order", "numpy") == "hash":
+            return {}  # the step draws its rows itself (`data.device_train_indices`)
         if self.resident:
-            config = self.config
             indices = data.host_train_indices(
-                data.num_examples(self.dataset.train), config.batch_size, config.seed, step, count
-            )
+                data.num_examples(self.dataset.train), config.batch_size, config.seed, step,
+                count, config.get("train_order", "numpy"),
+            )  # fmt: skip
             return indices[0] if count == 1 else indices
         if count == 1:
             return self.train_batch(step)
@@ -204,6 +208,15 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
             f"The training split of {config.get('dataset', config.task)} is streamed from "
             "files, too large to copy to every device; set --config.input_pipeline=grain."
         )
+    drawn_on_device = (
+        config.get("input_pipeline") == "device" and config.get("train_order", "numpy") == "hash"
+    )
+    if drawn_on_device and data.num_examples(dataset.train) * config.batch_size >= 2**31:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} times the {data.num_examples(dataset.train)} "
+            "training examples reaches 2**31, past the int32 positions the device draws its "
+            "batches with; set --config.train_order=numpy or a smaller batch size."
+        )
     model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -269,7 +282,18 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     resident = ()
     if config.get("input_pipeline") == "device":
         resident = (parallel.replicate(dataset.train),)
-        train_step = functools.partial(steps.train_step_on_resident_data, step=train_step)
+        draw = None
+        if drawn_on_device:  # the rows of each step, drawn by the device itself
+            draw = functools.partial(
+                data.device_train_indices,
+                num_train_examples=data.num_examples(dataset.train),
+                global_batch_size=config.batch_size,
+                seed=config.seed,
+                count=config.get("steps_per_dispatch", 1),
+            )
+        train_step = functools.partial(
+            steps.train_step_on_resident_data, step=train_step, draw_indices=draw
+        )
     train_step = parallel.pmap(train_step, donate_argnums=(0,))
     parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from research import config as config_lib
 from research import parallel
 from research.errors import UserError
 
@@ -162,17 +163,26 @@ def holds_run(workdir: str) -> bool:
 
 
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses a workdir that holds a run of a different config (that run is left untouched)."""
+    """Refuses a workdir that holds a run of a different config (that run is left untouched).
+
+    A key one of the two configs lacks counts as its `base_config` default: a run recorded
+    before a key existed had that key's default behaviour, so it resumes under the new code.
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
     with open(path) as file:
         recorded = json.load(file)
     current = json.loads(config.to_json_best_effort())
-    if recorded != current:
-        changed = sorted(
-            key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key)
-        )
+    defaults = json.loads(config_lib.base_config().to_json_best_effort())
+    missing = object()
+    changed = sorted(
+        key
+        for key in set(recorded) | set(current)
+        if recorded.get(key, defaults.get(key, missing))
+        != current.get(key, defaults.get(key, missing))
+    )
+    if changed:
         raise WorkdirError(
             f"Workdir {workdir} holds a run of a different config (keys differ: "
             f"{', '.join(changed)}); choose a new --workdir, or pass --overwrite to replace it."

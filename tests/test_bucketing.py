@@ -54,7 +54,8 @@ def test_bucketed_batch_is_a_pure_function_of_seed_and_step():
     assert not np.array_equal(forward[0], other_seed)
 
 
-def test_each_epoch_uses_each_example_at_most_once_and_reshuffles():
+@pytest.mark.parametrize("order", ["numpy", "hash"])
+def test_each_epoch_uses_each_example_at_most_once_and_reshuffles(order):
     arrays = _sequences()
     buckets = data.length_buckets(arrays, ("inputs", "targets"), BOUNDARIES)
     batches_per_epoch = NUM_EXAMPLES // 32
@@ -62,7 +63,7 @@ def test_each_epoch_uses_each_example_at_most_once_and_reshuffles():
     for epoch in range(2):
         steps_of_epoch = range(epoch * batches_per_epoch, (epoch + 1) * batches_per_epoch)
         indices = np.concatenate(
-            [data.bucketed_batch_indices(buckets, 32, seed=0, step=s) for s in steps_of_epoch]
+            [data.bucketed_batch_indices(buckets, 32, 0, s, order) for s in steps_of_epoch]
         )
         assert len(set(indices.tolist())) == batches_per_epoch * 32
         epochs.append(indices)

@@ -1,9 +1,12 @@
 """Every bad config is refused with one sentence naming the key and the fix."""
 
+import json
+
 import ml_collections
 import pytest
 
 from research import config as config_lib
+from research import workdir as workdir_lib
 from tests import helpers
 
 GOOD = config_lib.base_config()
@@ -92,3 +95,16 @@ def test_nested_numbers_are_checked_too():
     config = ml_collections.ConfigDict({**GOOD.to_dict(), "model": {"dropout_rate": 1.5}})
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.dropout_rate is 1\.5"):
         config_lib.validate(config, device_count=1)
+
+
+def test_a_run_recorded_before_a_key_existed_resumes_and_a_changed_key_is_refused(tmp_path):
+    """A key the recorded config lacks counts as its default (what the older code did)."""
+    recorded = json.loads(GOOD.to_json_best_effort())
+    del recorded["train_order"]  # written before the key existed
+    (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(recorded))
+    workdir_lib.check_config_matches(str(tmp_path), GOOD)
+    changed = GOOD.copy_and_resolve_references()
+    changed.train_order = "hash"
+    with pytest.raises(workdir_lib.WorkdirError) as error:
+        workdir_lib.check_config_matches(str(tmp_path), changed)
+    assert "(keys differ: train_order)" in str(error.value)

@@ -127,15 +127,23 @@ def _wait_for_all(processes, timeout_s=300) -> list[str]:
     return [_output(process) for process in processes]
 
 
-@pytest.mark.parametrize("case", ["image_classification", "bucketed_translation"])
+@pytest.mark.parametrize(
+    "case", ["image_classification", "device_resident", "bucketed_translation"]
+)
 def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, data_dir, tmp_path):
-    """The images: one process reads them into memory, the two read theirs through Grain."""
+    """The images: one process reads them into memory; the two read theirs through Grain, or
+    hold the split on each device, every device finding its own rows of each global batch
+    in the "hash" order, five steps per call."""
     config, overrides, metrics = CONFIG, OVERRIDES, ("loss", "accuracy")
-    multi_data_dir, extra = data_dir, ()
+    multi_data_dir, extra, pipeline = data_dir, (), None
     if case == "image_classification":
         multi_data_dir = str(tmp_path / "array_record")
         datasets.Mnist1d(data_dir=multi_data_dir, file_format="array_record").download_and_prepare()
-        extra = ("--config.input_pipeline=grain", "--config.input_workers=1")
+        extra, pipeline = ("--config.input_pipeline=grain", "--config.input_workers=1"), "grain"
+    if case == "device_resident":
+        overrides = {**OVERRIDES, "train_order": "hash"}
+        extra = ("--config.input_pipeline=device", "--config.steps_per_dispatch=5")
+        pipeline = "device"
     if case == "bucketed_translation":
         data_dir = multi_data_dir = str(helpers.write_parallel_folder(tmp_path / "corpus"))
         config, overrides = TRANSLATION_CONFIG, TRANSLATION_OVERRIDES
@@ -149,8 +157,8 @@ def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, d
     )
     for process, output in zip(processes, _wait_for_all(processes), strict=True):
         assert process.returncode == 0, output[-3000:]
-        if extra:
-            assert "through the grain input pipeline" in output, output[-3000:]
+        if pipeline:
+            assert f"through the {pipeline} input pipeline" in output, output[-3000:]
 
     with open(tmp_path / "multi" / workdir_lib.RUN_FILE) as file:
         devices = json.load(file)["devices"]

@@ -167,6 +167,7 @@ def test_every_model_computes_in_its_dtype_and_stores_its_param_dtype(model_clas
         ("grad_accum_steps", 3, ["config.batch_size=128", "micro-batches", "multiple of 3"]),
         ("steps_per_dispatch", 3, ["config.num_train_steps=1000", "multiple"]),
         ("xla_flags", "xla_cpu_foo", ["config.xla_flags", "'--'"]),
+        ("train_order", "random", ["config.train_order 'random'", "numpy, hash"]),
     ],
 )
 def test_bad_scaling_settings_are_one_sentence(key, value, words):
@@ -185,14 +186,21 @@ def _curve(directory) -> list[dict]:
 
 
 # lax.scan (unroll False) is bitwise for this MLP (README). "device": the training split on
-# the device, each batch gathered inside the compiled step from indices the host sends.
-@pytest.mark.parametrize("unroll, pipeline", [(False, "memory"), (False, "device")])
+# the device, each batch gathered inside the compiled step from indices the host sends, or
+# in the "hash" order from indices each device computes itself. The "hash" run at one step
+# per call reads its batches on the host: the device draws the same rows.
+@pytest.mark.parametrize(
+    "unroll, pipeline, order",
+    [(False, "memory", "numpy"), (False, "device", "numpy"), (False, "device", "hash")],
+)
 def test_steps_per_dispatch_is_bitwise_equal_to_one_step_per_call(
-    data_dir, tmp_path, unroll, pipeline
+    data_dir, tmp_path, unroll, pipeline, order
 ):
     path = os.path.join(helpers.REPO_ROOT, "experiments/regression/configs/diabetes_mlp.py")
+    # 12 steps of 32 examples cross into the second epoch of the 353 training examples.
     settings = dict(num_train_steps=12, log_every_steps=4, eval_every_steps=8,
-                    checkpoint_every_steps=8, warmup_steps=2, data_dir=data_dir)  # fmt: skip
+                    checkpoint_every_steps=8, warmup_steps=2, data_dir=data_dir,
+                    train_order=order)  # fmt: skip
     one = helpers.run_experiment(helpers.load_config(path, **settings), tmp_path / "one")
     config = helpers.load_config(
         path, steps_per_dispatch=4, steps_per_dispatch_unroll=unroll, input_pipeline=pipeline,
@@ -205,10 +213,13 @@ def test_steps_per_dispatch_is_bitwise_equal_to_one_step_per_call(
     assert [r["step"] for r in _curve(tmp_path / "four")] == [4, 8, 8, 12, 12]
 
 
-def test_device_resident_data_on_two_devices_equals_host_batches(data_dir, tmp_path):
-    """Each device gathers its own rows of the global batch from its copy of the split."""
+@pytest.mark.parametrize("order", ["numpy", "hash"])
+def test_device_resident_data_on_two_devices_equals_host_batches(order, data_dir, tmp_path):
+    """Each device gathers its own rows of the global batch from its copy of the split (in
+    the "hash" order it also finds which rows those are)."""
     common = (
         "--config=experiments/image_classification/configs/mnist1d_cnn.py",
+        f"--config.train_order={order}",
         f"--config.data_dir={data_dir}", "--config.num_train_steps=8",
         "--config.log_every_steps=4", "--config.eval_every_steps=8",
         "--config.checkpoint_every_steps=8", "--config.model.features=(8,)",
