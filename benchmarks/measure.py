@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks import suite
 from research import checkpoints, data, parallel, trainer
+from research import workdir as workdir_lib
 
 # Seconds of timed work per repeat; three repeats, the best counts (the least disturbed by other
 # processes on a shared machine).
@@ -176,6 +177,12 @@ def full_loop(
             timed_calls(checkpoints.Checkpointer, "wait", checkpoint_s),
         ):
             summary = trainer.train_and_evaluate(short, workdir, wrapped)
+        # Every log interval's speed but the first (it holds compilation).
+        interval_speeds = [
+            record["steps_per_second"]
+            for record in workdir_lib.read_metrics(workdir)
+            if record["split"] == "train"
+        ][1:]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     steps_per_s = summary["steps_per_second"]
@@ -190,6 +197,11 @@ def full_loop(
         "examples_per_s": steps_per_s * short.batch_size,
         "loop_steps_per_s": steps_per_s,
         "steady_examples_per_s": steady_steps_per_s * short.batch_size,
+        # The median interval: a disturbance from another process on a shared machine (whole
+        # seconds at 60% speed happen here) moves it less than the last interval or the mean.
+        "median_interval_examples_per_s": float(np.median(interval_speeds)) * short.batch_size
+        if interval_speeds
+        else None,
         "loop_one_time_s": loop_seconds - (short.num_train_steps - per_call) / steady_steps_per_s,
         "input_wait_fraction": input_seconds / loop_seconds,
         "checkpoint_fraction": sum(checkpoint_s) / loop_seconds,
@@ -243,6 +255,9 @@ def measure(name: str, mode: str, peak_flops: float, settings: dict | None = Non
         "bare_examples_per_s": speed["bare_examples_per_s"],
         "loop_overhead": 1 - loop["examples_per_s"] / speed["bare_examples_per_s"],
         "steady_loop_overhead": 1 - loop["steady_examples_per_s"] / speed["bare_examples_per_s"],
+        "median_interval_overhead": None
+        if loop["median_interval_examples_per_s"] is None
+        else 1 - loop["median_interval_examples_per_s"] / speed["bare_examples_per_s"],
         "input_wait_fraction": loop["input_wait_fraction"],
         "mfu": bare["flops_per_step"] * speed["bare_steps_per_s"] / peak_flops,
         "compile_s": bare["compile_s"],

@@ -30,6 +30,7 @@ COLUMNS = (
     ("bare_examples_per_s", "{:>10.0f}"),
     ("loop_overhead", "{:>8.1%}"),
     ("steady_loop_overhead", "{:>8.1%}"),
+    ("median_interval_overhead", "{:>8.1%}"),
     ("input_wait_fraction", "{:>8.1%}"),
     ("mfu", "{:>7.1%}"),
     ("compile_s", "{:>7.1f}"),
@@ -38,7 +39,7 @@ COLUMNS = (
     ("speedup_vs_torch", "{:>7.2f}"),
     ("peak_memory_mb", "{:>8.0f}"),
 )
-HEADERS = ("name", "ex/s", "bare ex/s", "overhead", "steady", "input", "MFU", "compile",
+HEADERS = ("name", "ex/s", "bare ex/s", "overhead", "steady", "median", "input", "MFU", "compile",
            "torch", "torch 1t", "vs torch", "peak MB")  # fmt: skip
 
 
