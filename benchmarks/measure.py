@@ -96,6 +96,7 @@ def bare_step(config, task, dataset) -> dict:
         "compile_s": compile_s,
         "flops_per_step": flops,
         "time": lambda budget_s: [t / per_call for t in time_loop(run_steps, budget_s)[2]],
+        "run_calls": run_steps,  # n calls of the compiled step, waited for
     }
 
 
