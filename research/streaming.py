@@ -4,6 +4,7 @@ large to hold in memory; batch `s` is the in-memory path's batch `s`, row for ro
 
 import ctypes
 import dataclasses
+import gc
 import hashlib
 import os
 import queue
@@ -234,6 +235,11 @@ class Stream:
     def close(self) -> None:
         if self._iterator is not None and hasattr(self._iterator, "close"):
             self._iterator.close()
+            self._iterator = None
+            # Grain's iterators hold their last batches in reference cycles; collected now,
+            # their shared memory is unlinked before the process exits, which otherwise warns
+            # of "leaked shared_memory objects" (the resource tracker removes them then).
+            gc.collect()
         self._iterator = None
 
 
