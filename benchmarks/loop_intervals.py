@@ -6,13 +6,14 @@ that the comparison holds on a machine whose speed changes from second to second
 The loop is `trainer.train_and_evaluate` with the config's cadences (evaluation only at the
 end). At every log step, once the interval's outputs are on the host (the step has finished),
 the bare step (`measure.bare_step`: the same compiled step on one fixed batch) runs as many
-steps as the interval held; its time is taken out of the next interval's clock. Each interval
+steps as the interval held; its time is taken out of that interval's clock. Each interval
 and the bare piece right after it make a pair. Prints every pair's speeds in steps per second
 (`*` marks an interval that ends with a checkpoint save), their medians, and the loop's
 overhead as the median over pairs of 1 - loop / bare (benchmarks/NOTES.md, "The data order
 drawn on the device").
 """
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -31,17 +32,15 @@ def main() -> None:
     from research import interval as interval_lib
     from research import trainer
 
-    arguments, items = sys.argv[1:], []
-    while "--set" in arguments:
-        at = arguments.index("--set")
-        items.append(arguments[at + 1])
-        del arguments[at : at + 2]
-    settings = run.parse_settings(items)
-
-    benchmark = suite.BY_NAME[arguments[0]]
-    config = suite.load_config(benchmark, quick=False, settings=settings)
-    if len(arguments) > 1:
-        config.num_train_steps = int(arguments[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(suite.BY_NAME))
+    parser.add_argument("steps", nargs="?", type=int, help="num_train_steps (the config's)")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE: a config key")
+    args = parser.parse_args()
+    benchmark = suite.BY_NAME[args.name]
+    config = suite.load_config(benchmark, quick=False, settings=run.parse_settings(args.set))
+    if args.steps:
+        config.num_train_steps = args.steps
     config.eval_every_steps = config.num_train_steps
     task = suite.get_task(config)
     per_call = config.get("steps_per_dispatch", 1)
@@ -49,11 +48,11 @@ def main() -> None:
     original = interval_lib.Interval.summarize
 
     def summarize(self, task, done):
-        start = time.perf_counter()
-        run_calls((done - self.first_step) // per_call)
+        steps, start = done - self.first_step, time.perf_counter()
+        run_calls(steps // per_call)
         bare_s = time.perf_counter() - start
-        loop_s = time.time() - self.start - bare_s
-        pairs.append((done, (done - self.first_step) / loop_s, (done - self.first_step) / bare_s))
+        loop_s = time.time() - self.start - bare_s  # `original` ends the interval's clock
+        pairs.append((done, steps / loop_s, steps / bare_s))
         return original(self, task, done)
 
     artifacts, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()

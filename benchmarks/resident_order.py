@@ -3,6 +3,7 @@ on the host and sent), the same with every epoch's permutation drawn before the 
 the "hash" order (found on the device): how much of the host's time per call the order takes.
 
     .venv/bin/python benchmarks/resident_order.py numpy|precomputed|hash [STEPS]
+    .venv/bin/python benchmarks/resident_order.py hash_cost
 
 Prints examples/s of the loop and of its last log interval, and the training thread's mean
 time per call in `Run.device_batches` with its share of the loop (benchmarks/NOTES.md,
@@ -10,6 +11,7 @@ time per call in `Run.device_batches` with its share of the loop (benchmarks/NOT
 """
 
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -21,8 +23,33 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 
+def hash_cost() -> None:
+    """The "hash" order alone, jitted: best of 200 calls for the MLP's epochs of 353 examples
+    (3200 and 32000 indices: 100 and 1000 steps of 32) and for 513 (more cycle walking)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from research import data
+
+    for n, count in ((353, 3200), (513, 3200), (353, 32000)):
+        draw = jax.jit(functools.partial(data.hash_permutation, 0, num_examples=n))
+        stream = jnp.arange(count, dtype=jnp.uint32)
+        epochs, positions = stream // n, stream % n
+        draw(epochs, positions).block_until_ready()
+        seconds = []
+        for _ in range(200):
+            start = time.perf_counter()
+            draw(epochs, positions).block_until_ready()
+            seconds.append(time.perf_counter() - start)
+        print(f"n={n}, {count} indices: {min(seconds) * 1e6:.0f} us")
+
+
 def main() -> None:
     variant = sys.argv[1]
+    if variant == "hash_cost":
+        return hash_cost()
     num_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     from benchmarks import measure, suite
     from research import data, trainer

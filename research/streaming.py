@@ -233,14 +233,14 @@ class Stream:
         return next(self._iterator)
 
     def close(self) -> None:
-        if self._iterator is not None and hasattr(self._iterator, "close"):
-            self._iterator.close()
-            self._iterator = None
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "close"):
+            iterator.close()
+            del iterator
             # Grain's iterators hold their last batches in reference cycles; collected now,
             # their shared memory is unlinked before the process exits, which otherwise warns
             # of "leaked shared_memory objects" (the resource tracker removes them then).
             gc.collect()
-        self._iterator = None
 
 
 class Prefetcher:
