@@ -169,11 +169,23 @@ def group_label(names: list[str]) -> str:
 
 
 def group_rows(runs: list[dict], rows: list[dict], keys: list[str]) -> list[dict]:
-    """Runs that differ only in `seed` become one row: numbers as (mean, std, count)."""
+    """Runs whose configs differ only in `seed` become one row: numbers as (mean, std, count).
+
+    Two runs with the same config and seed are one experiment run twice, not two seeds: refused.
+    """
     groups: dict[str, list[int]] = {}
     for index, run in enumerate(runs):
-        identity = repr([run["config"].get(k) for k in keys if k != "seed"])
-        groups.setdefault(identity, []).append(index)
+        others = sorted((k, repr(v)) for k, v in run["config"].items() if k != "seed")
+        members = groups.setdefault(repr(others), [])
+        twin = next(
+            (i for i in members if runs[i]["config"].get("seed") == run["config"].get("seed")), None
+        )
+        if twin is not None:
+            raise ReportError(
+                f"{runs[twin]['workdir']} and {run['workdir']} are runs of the same config and "
+                f"seed, which would count as two seeds; pass only one of them."
+            )
+        members.append(index)
     grouped = []
     for members in groups.values():
         names = [rows[i]["run"] for i in members]

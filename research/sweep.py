@@ -22,7 +22,14 @@ if REPO_ROOT not in sys.path:  # config files import `research` and `experiments
     sys.path.insert(0, REPO_ROOT)
 
 from research.errors import UserError  # noqa: E402 (after the path is set)
-from research.sweep_runner import Record, Runner, SweepError, run_all  # noqa: E402
+from research.sweep_runner import (  # noqa: E402
+    Owner,
+    Record,
+    Runner,
+    SweepError,
+    canonical,
+    run_all,
+)  # noqa: E402
 
 flags.DEFINE_string("root", None, "Folder of the sweep: one workdir per point, and sweep.json.")
 flags.DEFINE_string("grid", None, "Values per key: 'learning_rate=1e-3,3e-3 seed=0,1,2'.")
@@ -112,18 +119,31 @@ def parse_grid(text: str, config) -> dict[str, list[tuple[str, Any]]]:
         default = _lookup(config, key)
         if hasattr(default, "keys"):
             raise SweepError(f"--grid key '{key}' is a group of keys; sweep one of its keys.")
-        texts = split_values(values)
-        grid[key] = [(value, parse_value(key, value, default)) for value in texts]
+        options = []
+        for text in split_values(values):
+            value = parse_value(key, text, default)
+            twin = next((t for t, v in options if canonical(v) == canonical(value)), None)
+            if twin is not None:
+                raise SweepError(
+                    f"--grid gives {key} the value {value_text(value)} twice ('{twin}' and "
+                    f"'{text}'); list each value once."
+                )
+            options.append((text, value))
+        grid[key] = options
     return grid
 
 
-def point_name(values: dict[str, str]) -> str:
-    """The workdir name of a point: 'learning_rate=1e-3_seed=0' (unsafe characters -> '-')."""
-    parts = []
-    for key, text in values.items():
-        text = re.sub(r"[\s()\[\]]", "", text).replace(",", "-").strip("-") or "empty"
-        parts.append(re.sub(r"[^\w.=+-]", "-", f"{key}={text}"))
-    return "_".join(parts)
+def value_text(value: Any) -> str:
+    """A value as a workdir name shows it: its canonical spelling, sign kept ('-0.5', '8-8')."""
+    if isinstance(value, tuple | list):
+        return "-".join(value_text(item) for item in value) or "empty"
+    text = repr(value) if isinstance(value, float) else str(value)
+    return re.sub(r"[^\w.+-]", "-", text) or "empty"
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """The workdir name of a point: 'learning_rate=0.001_seed=0', from the parsed values."""
+    return "_".join(f"{key}={value_text(value)}" for key, value in values.items())
 
 
 def plan(config_argument: str, root: str, grid: dict, overrides: list[str], config) -> dict:
@@ -134,10 +154,17 @@ def plan(config_argument: str, root: str, grid: dict, overrides: list[str], conf
     records = []
     for point in points:
         texts = {key: text for key, (text, _) in point.items()}
-        name = point_name(texts)
+        values = {key: value for key, (_, value) in point.items()}
+        name = point_name(values)
+        twin = next((r for r in records if r["name"] == name), None)
+        if twin is not None:
+            raise SweepError(
+                f"--grid gives the points {twin['values']} and {values} one workdir name, "
+                f"{name}; give values that differ in letters or digits."
+            )
         resolved = config.copy_and_resolve_references()
         with resolved.unlocked():
-            for key, (_, value) in point.items():
+            for key, value in values.items():
                 *parents, leaf = key.split(".")
                 target = resolved
                 for parent in parents:
@@ -149,14 +176,11 @@ def plan(config_argument: str, root: str, grid: dict, overrides: list[str], conf
         records.append(
             {
                 "name": name,
-                "values": {key: value for key, (_, value) in point.items()},
+                "values": values,
                 "config": json.loads(resolved.to_json_best_effort()),
                 "command": command,
             }
         )
-    names = [record["name"] for record in records]
-    if len(set(names)) != len(names):
-        raise SweepError("--grid gives two points the same name; list each value once.")
     grid_record = {key: [value for _, value in options] for key, options in grid.items()}
     return {
         "config": config_argument,
@@ -198,8 +222,9 @@ def main(argv: list[str]) -> None:
             f"pass 0 to {len(planned['points']) - 1}."
         )
     os.makedirs(root, exist_ok=True)
+    owner = Owner(root, shared=FLAGS.point is not None)  # noqa: F841 (held until exit)
     record = Record(root)
-    record.start(planned)
+    planned["points"] = record.start(planned)
     runner = Runner(root, record)
     signal.signal(signal.SIGTERM, runner.stop)
     if FLAGS.point is not None:

@@ -7,17 +7,23 @@ the cores (and GPUs) and thread pools of that size.
 import concurrent.futures
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
+import time
 
 from research.errors import UserError
 
 SWEEP_FILE = "sweep.json"
+OWNER_FILE = ".sweep.owner"  # locked for the life of the sweep process that runs the root
+POLL_SECONDS = 1.0  # how often a sweep looks whether a run it waits for has ended
 LOG_DIR = "logs"  # one log per point, beside (not inside) the workdirs
 # Thread pools of the libraries a run uses besides XLA (which sizes its pool by the affinity).
 THREAD_VARIABLES = (
@@ -37,6 +43,7 @@ class Record:
     """sweep.json, updated under a file lock so that several sweep processes can share it."""
 
     def __init__(self, root: str):
+        self.root = root
         self.path = os.path.join(root, SWEEP_FILE)
         self._lock_path = os.path.join(root, f".{SWEEP_FILE}.lock")
 
@@ -57,38 +64,126 @@ class Record:
             file.write("\n")
         os.replace(self.path + ".tmp", self.path)
 
-    def start(self, planned: dict) -> dict:
-        """Writes the plan, or checks it against the one already there (statuses are kept)."""
+    def start(self, planned: dict) -> list[dict]:
+        """Writes the plan, or matches it to the one already there by each point's values
+        (statuses are kept). Returns the points to run: on an existing root in its order and
+        under its names, so that a respelled or reordered grid runs no point twice."""
         with self._locked():
             existing = self.read()
-            if existing is not None:
-                for key in ("config", "overrides", "grid"):
-                    if existing[key] != json.loads(json.dumps(planned[key])):  # tuples: lists
-                        raise SweepError(
-                            f"{self.path} describes another sweep ({key} differs: "
-                            f"{existing[key]} there); choose a new --root or the same flags."
-                        )
-                return existing
-            sweep = {
-                **planned,
-                "points": [
-                    {
-                        "name": p["name"],
-                        "values": p["values"],
-                        "command": p["command"],
-                        "status": "pending",
-                    }
-                    for p in planned["points"]
-                ],
-            }
-            self._write(sweep)
-            return sweep
+            if existing is None:
+                sweep = {
+                    **planned,
+                    "points": [
+                        {
+                            "name": p["name"],
+                            "values": p["values"],
+                            "command": p["command"],
+                            "status": "pending",
+                        }
+                        for p in planned["points"]
+                    ],
+                }
+                self._write(sweep)
+                return planned["points"]
+        for key in ("config", "overrides"):
+            there, here = existing[key], json.loads(json.dumps(planned[key]))
+            if key == "overrides":
+                there, here = sorted(there), sorted(here)
+            if there != here:
+                raise SweepError(
+                    f"{self.path} describes another sweep ({key} differs: {there} there); "
+                    "choose a new --root or the same flags."
+                )
+        planned_by_values = {canonical(p["values"]): p for p in planned["points"]}
+        recorded = {canonical(p["values"]): p for p in existing["points"]}
+        if set(planned_by_values) != set(recorded):
+            missing = sorted(set(recorded) - set(planned_by_values))
+            extra = sorted(set(planned_by_values) - set(recorded))
+            difference = f"{missing[0]} only there" if missing else f"{extra[0]} only here"
+            raise SweepError(
+                f"{self.path} describes another sweep (its points differ: {difference}); "
+                "choose a new --root or the same --grid."
+            )
+        points = []
+        for key, point in recorded.items():
+            mine = planned_by_values[key]
+            workdir = os.path.join(self.root, point["name"])
+            command = [
+                f"--workdir={workdir}" if arg.startswith("--workdir=") else arg
+                for arg in mine["command"]
+            ]
+            points.append({**mine, "name": point["name"], "command": command})
+        return points
 
     def update(self, index: int, **fields) -> None:
         with self._locked():
             sweep = self.read()
             sweep["points"][index] = {**sweep["points"][index], **fields}
             self._write(sweep)
+
+
+class Owner:
+    """Marks a root as being run: a whole sweep holds it alone, `--point` runs (one point
+    each, as cluster tasks) share it. An `flock`, so it dies with its process, even `kill -9`."""
+
+    def __init__(self, root: str, shared: bool = False):
+        self._file = open(os.path.join(root, OWNER_FILE), "a+")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(self._file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = _living_holder(self._file.read().strip()) or "--point runs of it"
+            self._file.close()
+            raise SweepError(
+                f"{root} is being run by another sweep ({holder}); wait for it to end, stop it, "
+                "or choose another --root."
+            ) from None
+        if not shared:
+            started = datetime.datetime.now().isoformat(timespec="seconds")
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(f"pid {os.getpid()} on host {socket.gethostname()} since {started}")
+            self._file.flush()
+
+
+def _living_holder(text: str) -> str | None:
+    """`text` ('pid N on host H since T') if that process still runs here, else None."""
+    words = text.split()
+    if len(words) < 5 or words[0] != "pid" or words[3] != socket.gethostname():
+        return text or None
+    try:
+        os.kill(int(words[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass  # another user's process: alive
+    return text
+
+
+def workdir_holder(workdir: str) -> str | None:
+    """Who holds `workdir`'s launch lock (`research.workdir.Lock`, process 0), or None.
+
+    Read without importing jax (which would take the accelerators from the points): the lock
+    file's name follows `Lock`'s own scheme, which tests/test_issue26_sweeps.py checks.
+    """
+    key = hashlib.sha256(os.path.realpath(workdir).encode()).hexdigest()[:32]
+    path = os.path.join(tempfile.gettempdir(), "research-workdir-locks", f"{key}.0")
+    try:
+        file = open(path)  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return None
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return file.read().strip() or "another process"
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
+def canonical(values: object) -> str:
+    """A point's identity: its parsed values, keys sorted (so 1e-3 and 0.001 are one point)."""
+    return json.dumps(values, sort_keys=True)
 
 
 def is_finished(workdir: str, config: dict) -> bool:
@@ -167,6 +262,20 @@ class Runner:
             return "finished"
         if self.stopping:
             return "pending"
+        holder = workdir_holder(workdir)
+        if holder:  # launched by an earlier sweep process that was killed: wait for it
+            self.record.update(index, status="running", error=None, adopted=holder)
+            print(f"{point['name']}: still running ({holder}); waiting for it", flush=True)
+            while holder and not self.stopping:
+                time.sleep(POLL_SECONDS)
+                holder = workdir_holder(workdir)
+            if self.stopping:
+                return "pending"
+            if is_finished(workdir, point["config"]):
+                self.record.update(index, status="finished", adopted=None)
+                print(f"{point['name']}: finished", flush=True)
+                return "finished"
+            # It stopped unfinished (failed or interrupted): launching it again resumes it.
         os.makedirs(os.path.join(self.root, LOG_DIR), exist_ok=True)
         log_path = os.path.join(self.root, LOG_DIR, point["name"] + ".log")
         command = point["command"]

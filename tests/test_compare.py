@@ -104,7 +104,7 @@ def test_plan_is_the_cross_product_and_each_point_the_config_launch_writes():
     names = [point["name"] for point in planned["points"]]
     assert names == [
         f"learning_rate={lr}_seed={seed}_model.hidden_sizes=8-8"
-        for lr in ("1e-3", "3e-3")
+        for lr in ("0.001", "0.003")  # the parsed values, not their spelling
         for seed in (0, 1, 2)
     ]
     assert planned["grid"] == {
@@ -117,7 +117,7 @@ def test_plan_is_the_cross_product_and_each_point_the_config_launch_writes():
     assert point["config"] == json.loads(expected.to_json_best_effort())
     assert point["command"][2:] == [
         f"--config={CONFIG}",
-        "--workdir=/sweep/learning_rate=3e-3_seed=1_model.hidden_sizes=8-8",
+        "--workdir=/sweep/learning_rate=0.003_seed=1_model.hidden_sizes=8-8",
         "--config.num_train_steps=5",
         "--config.learning_rate=3e-3",
         "--config.seed=1",
