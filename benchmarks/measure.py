@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from benchmarks import suite
-from research import checkpoints, data, parallel, trainer
+from research import checkpoints, data, trainer
 from research import workdir as workdir_lib
 
 # Seconds of timed work per repeat; three repeats, the best counts (the least disturbed by other
@@ -63,7 +63,7 @@ def cores_used(function):
 
 
 def bare_step(config, task, dataset) -> dict:
-    """The trainer's pmapped train step, compiled ahead of time, to be run alone on one batch.
+    """The trainer's jitted train step, compiled ahead of time, to be run alone on one batch.
 
     The step, state and batch come from `trainer.setup`, as in a run. Returns its compile
     time, FLOPs and parameter count, and `time(budget_s)`, which times `REPEATS` runs of the
@@ -74,25 +74,26 @@ def bare_step(config, task, dataset) -> dict:
     run = trainer.setup(config, workdir, wrapped)
     run.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    carry = {"state": parallel.replicate(run.state)}
+    parameters = sum(leaf.size for leaf in jax.tree.leaves(run.state.params))
+    carry = {"state": run.state}
     # With steps_per_dispatch = k, one call runs k steps on stacked batches.
     per_call = config.get("steps_per_dispatch", 1)
-    batch = parallel.shard(run.train_batches(0), steps=per_call > 1)
-    p_rng = parallel.replicate(run.train_rng)
+    batch = run.device_batches(0)
+    rng = run.train_rng
     start = time.perf_counter()
-    compiled = run.train_step.lower(carry["state"], batch, p_rng, *run.resident).compile()
+    compiled = run.train_step.lower(carry["state"], batch, rng, *run.resident).compile()
     compile_s = time.perf_counter() - start
-    # Per-device program; with N local devices the step does N times this work.
-    flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * parallel.local_device_count()
+    # The program of one device; the mesh's N devices do N times this work.
+    flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * run.mesh.devices.size
     flops /= per_call  # per training step
 
     def run_steps(count):
         for _ in range(count):
-            carry["state"], outputs = compiled(carry["state"], batch, p_rng, *run.resident)
+            carry["state"], outputs = compiled(carry["state"], batch, rng, *run.resident)
         jax.block_until_ready((carry["state"], outputs))
 
     return {
-        "parameters": sum(leaf.size for leaf in jax.tree.leaves(run.state.params)),
+        "parameters": parameters,
         "compile_s": compile_s,
         "flops_per_step": flops,
         "time": lambda budget_s: [t / per_call for t in time_loop(run_steps, budget_s)[2]],

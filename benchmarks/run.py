@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--quick] --out=results.json [--only NAME ...]
 
-Each benchmark runs in a fresh process (`--child`), measuring the compiled pmapped train step
+Each benchmark runs in a fresh process (`--child`), measuring the compiled (jitted) train step
 alone, the full `train_and_evaluate` loop, and a PyTorch twin. The parent measures the CPU's
 float32 matmul peak and the first and second launch of `launch.py` with JAX's persistent
 compilation cache. See NOTES.md for what the numbers mean and how they were checked.
@@ -212,7 +212,7 @@ def main() -> None:
         "peak_flops_at_end": peak_after,
         "peak_note": (
             f"best of 5 jitted float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmuls before the benchmarks;"
-            " mfu = cost_analysis flops of the compiled pmapped step (per-device program x local"
+            " mfu = cost_analysis flops of the compiled jitted step (per-device program x mesh"
             " devices) x bare steps/s / this peak"
         ),
         "load_average_before": load_before,

@@ -82,18 +82,17 @@ def train_speed(config, task, dataset, num_steps: int):
     batches_per_epoch = data.num_examples(dataset.train) // config.batch_size
     epoch = [run.train_batch(step) for step in range(batches_per_epoch)]
     counts = np.array([_tokens(batch) for batch in epoch])
-    p_train_step = run.train_step
-    p_state, p_rng = parallel.replicate(run.state), parallel.replicate(run.train_rng)
+    train_step, state, rng = run.train_step, run.state, run.train_rng
     timed = epoch[:num_steps]
     compile_start = time.perf_counter()
     for length in sorted({batch["inputs"].shape[1] for batch in timed}):  # compile each shape
         batch = next(b for b in timed if b["inputs"].shape[1] == length)
-        p_state, metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
+        state, metrics = train_step(state, parallel.put_batch(batch, run.mesh), rng)
         jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - compile_start
     start = time.perf_counter()
     for batch in timed:
-        p_state, metrics = p_train_step(p_state, parallel.shard(batch), p_rng)
+        state, metrics = train_step(state, parallel.put_batch(batch, run.mesh), rng)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     return {
@@ -110,13 +109,14 @@ def train_speed(config, task, dataset, num_steps: int):
 def decode_speed(config, task, dataset, model, state, split: str, buckets):
     """Seconds and real tokens/s of beam search over `split`, with its BLEU (second pass)."""
     arrays = dataset.eval_splits[split]
-    p_predict_step = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
-    p_state = parallel.replicate(state)
+    predict_step = jax.jit(functools.partial(steps.predict_step, model=model, task=task))
+    mesh = parallel.make_mesh(config.get("mesh") or {})
+    device_state = parallel.put_replicated(state, mesh)
     batch_size = config.eval_batch_size
-    evaluation.predictions_of_split(p_predict_step, p_state, arrays, batch_size, buckets)
+    evaluation.predictions_of_split(predict_step, device_state, arrays, batch_size, mesh, buckets)
     start = time.perf_counter()
     predictions = evaluation.predictions_of_split(
-        p_predict_step, p_state, arrays, batch_size, buckets
+        predict_step, device_state, arrays, batch_size, mesh, buckets
     )
     seconds = time.perf_counter() - start
     counts = np.array([_tokens(b) for b in data.eval_batches(arrays, batch_size, buckets)])
@@ -176,14 +176,15 @@ def measure_bleu(arguments) -> dict:
     }
     config, task, dataset, model, state = load_run(arguments.workdir, overrides)
     trained, averaged = trained_state(arguments.workdir, state, arguments.average_last)
-    p_predict_step = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
-    p_state = parallel.replicate(trained)
+    predict_step = jax.jit(functools.partial(steps.predict_step, model=model, task=task))
+    mesh = parallel.make_mesh(config.get("mesh") or {})
+    device_state = parallel.put_replicated(trained, mesh)
     results = {"checkpoints": averaged, **overrides}
     for split in arguments.splits.split(","):
         arrays = dataset.eval_splits[split]
         buckets = data.length_buckets(arrays, task.sequence_keys, tuple(config.bucket_boundaries))
         predictions = evaluation.predictions_of_split(
-            p_predict_step, p_state, arrays, config.eval_batch_size, buckets
+            predict_step, device_state, arrays, config.eval_batch_size, mesh, buckets
         )
         scores, details = task.score_predictions(split, predictions, dataset.evaluation_context)
         results[split] = {**scores, "signature": details["sacrebleu_signature"]}

@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -75,10 +74,15 @@ def _short(error: Exception) -> str:
 
 
 def _abstract(like) -> object:
-    """Shapes and dtypes of `like` (device or host arrays) as restore targets."""
-    return jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype), like
-    )
+    """Shapes, dtypes and shardings of `like` as restore targets: global arrays or
+    `jax.ShapeDtypeStruct`s keep their sharding (the restoring run's mesh, whatever mesh
+    saved the checkpoint); host arrays are restored whole onto every device."""
+
+    def target(leaf):
+        sharding = getattr(leaf, "sharding", None) or parallel.replicated_on_all_devices()
+        return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=sharding)
+
+    return jax.tree.map(target, like)
 
 
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
@@ -108,7 +112,8 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: TrainState) -> None:
-        """Starts saving a host copy of `state`; `wait` blocks until it is written."""
+        """Starts saving `state` (global arrays: each process writes the shards it holds,
+        nothing is gathered); `wait` blocks until it is written."""
         if step in self._manager.all_steps():
             return
         try:
@@ -262,10 +267,14 @@ def restore_model_from(
             else:
                 report.restored.append(name)
         report.unused = [_shown(path) for path in saved if path not in expected]
+        everywhere = parallel.replicated_on_all_devices()
         abstract = jax.tree.map(
-            lambda metadata: jax.ShapeDtypeStruct(metadata.shape, metadata.dtype), saved_tree
+            lambda metadata: jax.ShapeDtypeStruct(
+                metadata.shape, metadata.dtype, sharding=everywhere
+            ),
+            saved_tree,
         )
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        restored = parallel.to_host(manager.restore(step, args=ocp.args.StandardRestore(abstract)))
     finally:
         manager.close()
     report.params_sha256 = params_sha256(restored["params"])
@@ -278,7 +287,7 @@ def restore_model_from(
             source = restored
             for name in path.split("/"):
                 source = source[name]
-            return jnp.asarray(source, dtype=leaf.dtype)
+            return np.asarray(source, dtype=leaf.dtype)
 
         return value
 
@@ -311,7 +320,8 @@ def average_of_last(directory: str, count: int, like: TrainState) -> tuple[Train
     total = None
     for step in chosen:
         params = jax.tree.map(
-            lambda leaf: np.asarray(leaf, np.float64), restore_state(directory, step, like).params
+            lambda leaf: np.asarray(leaf, np.float64),
+            parallel.to_host(restore_state(directory, step, like).params),
         )
         total = params if total is None else jax.tree.map(np.add, total, params)
     mean = jax.tree.map(

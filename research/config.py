@@ -303,4 +303,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.steps_per_dispatch = 1
     config.steps_per_dispatch_unroll = True  # False: lax.scan, one compilation of the step
     config.xla_flags = ""
+    # The device mesh (README, "Scaling up"): a batch's rows are split over data x fsdp
+    # devices; with fsdp > 1 the train state's large arrays are split over fsdp devices too
+    # (fully sharded data parallelism). -1 takes the devices the other axis leaves.
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     return config

@@ -202,22 +202,19 @@ def host_train_indices(
 def device_train_indices(
     step: jax.Array, num_train_examples: int, global_batch_size: int, seed: int, count: int
 ) -> jax.Array:
-    """Inside a pmapped function, in the "hash" order: this device's example indices of
-    the global batches of steps `step .. step + count - 1`, `[count, device_batch]` (int32;
-    `[device_batch]` when `count` is 1, as a single step takes them).
+    """Inside a compiled step, in the "hash" order: the example indices of the global
+    batches of steps `step .. step + count - 1`, `[count, global_batch_size]` (int32;
+    `[global_batch_size]` when `count` is 1, as a single step takes them).
 
-    The same rows `host_train_indices` gives this device, found where they are used, so no
-    indices cross from the host. Needs `num_train_examples * global_batch_size < 2**31`
-    (positions are int32).
+    The rows `host_train_indices` gives, found on the devices, so no indices cross from the
+    host. Needs `num_train_examples * global_batch_size < 2**31` (positions are int32).
     """
     n, b = num_train_examples, global_batch_size
-    per_device = b // parallel.global_device_count()
     step = step.astype(jnp.int32)
     # The call's first position, step * b, as (epoch, offset) without forming step * b.
     epoch = (step // n) * b + (step % n) * b // n
     offset = (step % n) * b % n
-    first = offset + parallel.device_index() * per_device
-    positions = first + b * jnp.arange(count)[:, None] + jnp.arange(per_device)[None, :]
+    positions = offset + b * jnp.arange(count)[:, None] + jnp.arange(b)[None, :]
     epochs = (epoch + positions // n).astype(jnp.uint32)
     examples = hash_permutation(seed, epochs, (positions % n).astype(jnp.uint32), n)
     indices = examples.astype(jnp.int32)

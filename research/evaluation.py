@@ -12,19 +12,19 @@ from research.task import Task
 
 
 def metrics_of_split(
-    p_eval_step, p_state, arrays: data.Arrays, batch_size: int, task: Task, buckets=None
+    eval_step, state, arrays: data.Arrays, batch_size: int, task: Task, mesh, buckets=None
 ):
     """Metrics over every example of one split, each counted exactly once."""
     totals = None
     for batch in data.eval_batches(arrays, batch_size, buckets):
-        sums = p_eval_step(p_state, parallel.shard(batch))
+        sums = eval_step(state, parallel.put_batch(batch, mesh))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = parallel.unreplicate(totals)
+    totals = parallel.to_host(totals)
     return task.summarize_checked({name: float(value) for name, value in totals.items()})
 
 
 def predictions_of_split(
-    p_predict_step, p_state, arrays: data.Arrays, batch_size: int, buckets=None
+    predict_step, state, arrays: data.Arrays, batch_size: int, mesh, buckets=None
 ):
     """The task's predictions for every example of a split, in split order: `[examples, ...]`.
 
@@ -32,9 +32,7 @@ def predictions_of_split(
     """
     rows = []
     for batch in data.eval_batches(arrays, batch_size, buckets):
-        predictions = np.asarray(p_predict_step(p_state, parallel.shard(batch)))
-        local_rows = predictions.reshape(-1, *predictions.shape[2:])
-        rows.append(parallel.gather_rows(local_rows))
+        rows.append(parallel.to_host(predict_step(state, parallel.put_batch(batch, mesh))))
     order = data.eval_order(arrays, buckets)
     in_split_order = np.empty_like(rows[0], shape=(len(order), *rows[0].shape[1:]))
     in_split_order[order] = np.concatenate(rows)[: len(order)]  # padding rows come last
@@ -42,13 +40,15 @@ def predictions_of_split(
 
 
 class Evaluator:
-    """Evaluates the replicated state on every split of `dataset.eval_splits`."""
+    """Evaluates the train state (global arrays on `mesh`) on every split of
+    `dataset.eval_splits`."""
 
     def __init__(
-        self, model, task: Task, dataset: data.Dataset, batch_size: int, writer, boundaries=()
-    ):
+        self, model, task: Task, dataset: data.Dataset, batch_size: int, writer, mesh,
+        boundaries=(),
+    ):  # fmt: skip
         self.task, self.dataset, self.batch_size, self.writer = task, dataset, batch_size, writer
-        self.model = model
+        self.model, self.mesh = model, mesh
         self.buckets = {
             split: data.length_buckets(arrays, task.sequence_keys, boundaries)
             for split, arrays in dataset.eval_splits.items()
@@ -56,26 +56,24 @@ class Evaluator:
         }
         self.reference = task.reference_metrics(dataset) if task.reference_metrics else {}
         self.details: dict[str, Any] = {}
-        self._p_eval_step = parallel.pmap(
-            functools.partial(steps.eval_step, model=model, task=task)
-        )
-        self._p_predict_step = None
+        self._eval_step = jax.jit(functools.partial(steps.eval_step, model=model, task=task))
+        self._predict_step = None
         if task.predict is not None:
-            self._p_predict_step = parallel.pmap(
+            self._predict_step = jax.jit(
                 functools.partial(steps.predict_step, model=model, task=task)
             )
 
-    def __call__(self, step: int, p_state, suffix: str = "") -> dict[str, dict[str, float]]:
+    def __call__(self, step: int, state, suffix: str = "") -> dict[str, dict[str, float]]:
         """Metrics per split, recorded as `<split><suffix>` (e.g. "valid_averaged")."""
         results = {}
         for split, arrays in self.dataset.eval_splits.items():
             buckets = self.buckets.get(split)
             metrics = metrics_of_split(
-                self._p_eval_step, p_state, arrays, self.batch_size, self.task, buckets
+                self._eval_step, state, arrays, self.batch_size, self.task, self.mesh, buckets
             )
-            if self._p_predict_step is not None:
+            if self._predict_step is not None:
                 predictions = predictions_of_split(
-                    self._p_predict_step, p_state, arrays, self.batch_size, buckets
+                    self._predict_step, state, arrays, self.batch_size, self.mesh, buckets
                 )
                 scores, details = self.task.score_predictions(
                     split, predictions, self.dataset.evaluation_context
@@ -87,8 +85,8 @@ class Evaluator:
             results[split + suffix] = {**metrics, **self.reference.get(split, {})}
             self.writer.write_metrics(step, split + suffix, results[split + suffix])
         if self.task.samples is not None:
-            state = parallel.unreplicate(p_state)
-            variables = {"params": state.params, **state.model_state}
+            host = parallel.to_host(state)
+            variables = {"params": host.params, **host.model_state}
             samples = self.task.samples(self.model, variables, self.dataset.evaluation_context)
             self.writer.write_examples(step, "samples" + suffix, samples)
         logging.info(

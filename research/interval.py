@@ -42,7 +42,7 @@ class Interval:
         new = self.outputs[self._fetched_dispatches :]
         if new:
             for outputs in new:
-                host = parallel.unreplicate(outputs)
+                host = parallel.to_host(outputs)
                 if self.steps_per_dispatch == 1:
                     host = jax.tree.map(lambda leaf: np.asarray(leaf)[None], host)
                 self._host.append(host)

@@ -1,23 +1,36 @@
-"""The one module that knows about devices, hosts and `jax.pmap`.
+"""The one module that knows about devices, hosts and how arrays are laid out over them.
 
-Arrays that enter a pmapped function carry a leading axis of size `local_device_count()`;
-this module puts them there (`replicate`, `shard`) and takes them off (`unreplicate`),
-written as the JAX pmap migration guide recommends for the jit/shard_map-based pmap.
+A run has one `Mesh` over every device of every process, with two named axes: `data` and
+`fsdp`. A batch is one global `jax.Array` whose rows are split over both axes (each process
+contributes its own rows); the train state is replicated over `data` and, with
+`config.mesh.fsdp` > 1, its large arrays are split over `fsdp` (fully sharded data
+parallelism). Steps are `jax.jit` functions of these global arrays: what `pmap` + `pmean` did
+by hand, XLA now derives from the shardings.
 """
 
-import functools
+import math
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-AXIS_NAME = "batch"
+from research.errors import UserError
+
+DATA, FSDP = "data", "fsdp"
+MESH_AXES = (DATA, FSDP)
+BATCH_AXES = (DATA, FSDP)  # a batch's rows are split over every device
+# Arrays with fewer elements stay replicated under FSDP: splitting them saves little memory
+# and costs a gather each.
+MIN_SHARDED_ELEMENTS = 1024
 
 PyTree = Any
+
+
+class MeshError(UserError, ValueError):
+    """A `config.mesh` the devices cannot form or the model cannot use."""
 
 
 def initialize_distributed(
@@ -67,10 +80,6 @@ def process_count() -> int:
     return jax.process_count()
 
 
-def local_device_count() -> int:
-    return jax.local_device_count()
-
-
 def global_device_count() -> int:
     return jax.device_count()
 
@@ -86,85 +95,170 @@ def device_description() -> dict[str, Any]:
     }
 
 
-@functools.cache
-def _local_sharding() -> NamedSharding:
-    mesh = Mesh(np.array(jax.local_devices()), (AXIS_NAME,))
-    return NamedSharding(mesh, PartitionSpec(AXIS_NAME))
+def mesh_shape(mesh_config, device_count: int) -> dict[str, int]:
+    """{"data": d, "fsdp": f} with d * f = `device_count`; one axis may be -1 (the rest).
 
-
-def replicate(tree: PyTree) -> PyTree:
-    """Copies every leaf to each local device: `[...]` -> `[local_devices, ...]`."""
-    count = local_device_count()
-
-    def put(leaf):
-        leaf = np.asarray(leaf)
-        return jax.device_put(np.broadcast_to(leaf, (count, *leaf.shape)), _local_sharding())
-
-    return jax.tree.map(put, tree)
-
-
-def unreplicate(tree: PyTree) -> PyTree:
-    """The first local device's copy of each leaf as a host array: `[devices, ...]` -> `[...]`."""
-    return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_shards[0].data)[0], tree)
-
-
-def shard(tree: PyTree, *, steps: bool = False) -> PyTree:
-    """Splits this host's batch: `[batch, ...]` -> `[devices, batch / devices, ...]`.
-
-    With `steps`, leaves hold the batches of several steps, `[steps, batch, ...]` ->
-    `[devices, steps, batch / devices, ...]`.
+    Raises `MeshError` naming the key and the fix.
     """
-    count = local_device_count()
+    sizes = {axis: mesh_config.get(axis, -1 if axis == DATA else 1) for axis in MESH_AXES}
+    for axis, size in sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
+            raise MeshError(
+                f"config.mesh.{axis}={size!r} must be a positive integer or -1 (the devices "
+                f"left); set --config.mesh.{axis}=-1."
+            )
+    free = [axis for axis, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise MeshError(
+            "config.mesh.data and config.mesh.fsdp are both -1; give one of them a size."
+        )
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free and device_count % fixed == 0:
+        sizes[free[0]] = device_count // fixed
+    if math.prod(sizes.values()) != device_count:
+        shown = " x ".join(f"{axis} {size}" for axis, size in sizes.items())
+        raise MeshError(
+            f"config.mesh ({shown}) does not cover the {device_count} devices; make the sizes "
+            f"multiply to {device_count}, for example --config.mesh.data=-1 "
+            f"--config.mesh.fsdp=<a divisor of {device_count}>."
+        )
+    return sizes
 
-    def put(leaf):
-        if steps:
-            size = leaf.shape[1]
-            assert size % count == 0, (leaf.shape, count)
-            split = leaf.reshape(leaf.shape[0], count, size // count, *leaf.shape[2:])
-            return jax.device_put(np.swapaxes(split, 0, 1), _local_sharding())
-        assert leaf.shape[0] % count == 0, (leaf.shape, count)
-        return jax.device_put(
-            leaf.reshape(count, leaf.shape[0] // count, *leaf.shape[1:]), _local_sharding()
+
+def make_mesh(mesh_config) -> Mesh:
+    """The run's mesh over all devices of all processes.
+
+    Devices are ordered by process, so each process holds a contiguous block of every
+    batch's rows: the block `host_slice` names.
+    """
+    devices = sorted(jax.devices(), key=lambda device: (device.process_index, device.id))
+    sizes = mesh_shape(mesh_config, len(devices))
+    return Mesh(np.array(devices).reshape([sizes[axis] for axis in MESH_AXES]), MESH_AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def replicated_on_all_devices() -> NamedSharding:
+    """Every device of every process holds the whole array (for reading checkpoints outside
+    a run's mesh)."""
+    devices = sorted(jax.devices(), key=lambda device: (device.process_index, device.id))
+    return NamedSharding(Mesh(np.array(devices), ("all",)), PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, *, steps: bool = False) -> NamedSharding:
+    """Rows `[batch, ...]` split over every device; with `steps`, `[steps, batch, ...]`."""
+    spec = PartitionSpec(None, BATCH_AXES) if steps else PartitionSpec(BATCH_AXES)
+    return NamedSharding(mesh, spec)
+
+
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
+    """The largest dimension `fsdp` divides is split over the `fsdp` axis; small arrays and
+    arrays it divides nowhere are replicated."""
+    if fsdp == 1 or math.prod(shape) < MIN_SHARDED_ELEMENTS:
+        return PartitionSpec()
+    candidates = [axis for axis, size in enumerate(shape) if size % fsdp == 0]
+    if not candidates:
+        return PartitionSpec()
+    axis = max(candidates, key=lambda a: shape[a])
+    return PartitionSpec(*(FSDP if a == axis else None for a in range(len(shape))))
+
+
+def state_shardings(abstract_state: PyTree, mesh: Mesh) -> PyTree:
+    """A `NamedSharding` for every leaf of a train state (shapes are enough): replicated over
+    `data`, and split over `fsdp` where `_fsdp_spec` says."""
+    fsdp = mesh.shape[FSDP]
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, _fsdp_spec(tuple(np.shape(leaf)), fsdp)), abstract_state
+    )
+
+
+def check_fsdp_divides(abstract_state: PyTree, mesh: Mesh) -> None:
+    """Refuses an `fsdp` size that splits no array of the state (nothing would be sharded)."""
+    fsdp = mesh.shape[FSDP]
+    if fsdp == 1:
+        return
+    shapes = [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(abstract_state)]
+    if not any(_fsdp_spec(shape, fsdp) != PartitionSpec() for shape in shapes):
+        raise MeshError(
+            f"config.mesh.fsdp={fsdp} divides no dimension of any array of this model with "
+            f"{MIN_SHARDED_ELEMENTS} or more elements, so nothing would be sharded; choose a "
+            "size that divides the model's widths (for example 2 or 4), or "
+            "--config.mesh.fsdp=1."
         )
 
-    return jax.tree.map(put, tree)
+
+def put(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Host values (the same on every process) as global arrays laid out by `shardings`."""
+
+    def put_leaf(leaf, sharding):
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+
+    return jax.tree.map(put_leaf, tree, shardings)
 
 
-def pmap(function: Callable, *, donate_argnums: tuple[int, ...] = ()) -> Callable:
-    """Maps `function` over the local devices; collectives use the axis `AXIS_NAME`."""
-    return jax.pmap(function, axis_name=AXIS_NAME, donate_argnums=donate_argnums)
+def put_replicated(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Host values (the same on every process) copied to every device of `mesh`."""
+    return put(tree, jax.tree.map(lambda _: replicated(mesh), tree))
 
 
-def mean_over_devices(tree: PyTree) -> PyTree:
-    """Inside a pmapped function: the mean of each leaf over all devices of all hosts."""
-    return jax.lax.pmean(tree, AXIS_NAME)
+def put_batch(tree: PyTree, mesh: Mesh, *, steps: bool = False) -> PyTree:
+    """This process's rows `[host_batch, ...]` (or `[steps, host_batch, ...]` with `steps`)
+    as the global batch `[batch, ...]` split over every device; no data crosses hosts."""
+    sharding = batch_sharding(mesh, steps=steps)
+    count = process_count()
+
+    def put_leaf(leaf):
+        leaf = np.asarray(leaf)
+        rows_axis = 1 if steps else 0
+        shape = list(leaf.shape)
+        shape[rows_axis] *= count
+        return jax.make_array_from_process_local_data(sharding, leaf, tuple(shape))
+
+    return jax.tree.map(put_leaf, tree)
 
 
-def sum_over_devices(tree: PyTree) -> PyTree:
-    """Inside a pmapped function: the sum of each leaf over all devices of all hosts."""
-    return jax.lax.psum(tree, AXIS_NAME)
+def to_host(tree: PyTree) -> PyTree:
+    """Global arrays as numpy arrays holding their whole value, on every process.
+
+    A replicated array is read from this process's first copy; an array split across
+    processes is gathered from all of them (then every process must call this).
+    """
+
+    def fetch(leaf):
+        if not isinstance(leaf, jax.Array):
+            return np.asarray(leaf)
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        if leaf.is_fully_addressable:
+            return np.asarray(leaf)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+
+    return jax.tree.map(fetch, tree)
 
 
-def device_index() -> jax.Array:
-    """Inside a pmapped function: this device's index among all devices of all hosts."""
-    return jax.lax.axis_index(AXIS_NAME)
+def state_bytes(state: PyTree) -> dict[str, int]:
+    """{"state_bytes": the whole tree, "state_bytes_per_device": the most one device holds}
+    measured from the live arrays' shard shapes."""
+    total, per_device = 0, {}
+    for leaf in jax.tree.leaves(state):
+        total += leaf.size * leaf.dtype.itemsize
+        shard_bytes = math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+        for device in leaf.sharding.device_set:
+            per_device[device.id] = per_device.get(device.id, 0) + shard_bytes
+    return {"state_bytes": int(total), "state_bytes_per_device": int(max(per_device.values()))}
 
 
 def host_slice(global_batch_size: int) -> slice:
-    """The rows of a global batch that this host reads."""
+    """The rows of a global batch that this host reads (the block its devices hold)."""
     per_host = global_batch_size // process_count()
     start = process_index() * per_host
     return slice(start, start + per_host)
-
-
-def gather_rows(local_rows: np.ndarray) -> np.ndarray:
-    """Every host's rows of a global batch, in global order: `[host_rows, ...]` -> `[rows, ...]`."""
-    if process_count() == 1:
-        return local_rows
-    from jax.experimental import multihost_utils
-
-    gathered = np.asarray(multihost_utils.process_allgather(local_rows))
-    return gathered.reshape(-1, *local_rows.shape[1:])
 
 
 def sync_hosts(name: str) -> None:

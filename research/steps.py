@@ -1,4 +1,5 @@
-"""The train state and the pure train and evaluation steps (run under `parallel.pmap`)."""
+"""The train state and the pure train and evaluation steps, jit-compiled over global arrays
+(the trainer lays them out on its device mesh; nothing here knows about devices)."""
 
 import functools
 from collections.abc import Callable
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research import data, parallel, precision
+from research import data, precision
 from research.task import Batch, Task
 
 Metrics = dict[str, jax.Array]
@@ -82,99 +83,71 @@ def _forward(params, model_state, batch, rng, *, model, task):
     return loss_sums, weights, outputs, precision.cast_like(new_model_state, model_state)
 
 
-def _gradients(state: TrainState, batch: Batch, rng, scale, *, model, task):
-    """(loss, grads, model_state, metric sums) of this device's batch in one pass.
-
-    The loss is normalised by the mean per-device weight, so averaging gradients with `pmean`
-    gives exactly the gradient of the weighted mean loss over the global batch, even when
-    devices hold different weights (tokens). Gradients are of `scale` times the loss.
-    """
-    device_count = parallel.sum_over_devices(1)
+def _slice_gradients(params, model_state, batch, rng, scale, rows, *, model, task):
+    """(grads, (loss sum, weight sum, metric sums, model_state)) of `batch` `[n, ...]`: the
+    gradients of `scale` x loss sum / `rows`."""
 
     def loss_fn(params):
-        loss_sums, weights, outputs, model_state = _forward(
-            params, state.model_state, batch, rng, model=model, task=task
+        loss_sums, weights, outputs, new_model_state = _forward(
+            params, model_state, batch, rng, model=model, task=task
         )
-        mean_weight = parallel.sum_over_devices(weights.sum()) / device_count
-        loss = loss_sums.sum() / mean_weight
-        scaled = loss if scale is None else loss * scale
-        return scaled, (loss, outputs, model_state)
+        total = loss_sums.sum()
+        # Divided by the static row count only to keep float16 gradients in range.
+        scaled = total / rows if scale is None else total / rows * scale
+        sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, batch))
+        return scaled, (total, weights.sum(), sums, new_model_state)
 
-    (_, (loss, outputs, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, batch))
-    return loss, grads, model_state, sums
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, aux
 
 
-def _accumulated_gradients(
+def _gradients(
     state: TrainState, batch: Batch, rng, scale, *, model, task, micro_batches: int, unroll: bool
 ):
-    """`_gradients` computed over `micro_batches` consecutive slices of the batch in turn.
+    """(loss, grads, model_state, metric sums) of the global batch `[rows, ...]`.
 
-    Loss sums, weights and gradients of the unnormalised loss are added over the slices and
-    divided by the mean weight once, so the result is the one-pass gradient up to rounding.
+    The loss is the weighted mean over the global batch (weights: tokens, or 1 per example);
+    gradients are of `scale` times the loss. With `micro_batches` > 1 (gradient
+    accumulation) they are computed over that many slices in turn: slice i holds rows i,
+    i + micro_batches, ..., so every device holds its share of every slice. Loss sums,
+    weights and gradients are added over the slices and divided by the total weight once.
     Batch statistics (batch norm) are updated slice after slice. `unroll` writes the slices
     side by side in the program instead of a `lax.scan` (faster for convolutions on CPU).
     """
     rows = jax.tree.leaves(batch)[0].shape[0]
-    split = jax.tree.map(
-        lambda leaf: leaf.reshape(micro_batches, rows // micro_batches, *leaf.shape[1:]), batch
+    slices = jax.tree.map(
+        lambda leaf: jnp.swapaxes(
+            leaf.reshape(rows // micro_batches, micro_batches, *leaf.shape[1:]), 0, 1
+        ),
+        batch,
     )
 
-    def micro_step(carry, inputs):
-        grads_sum, loss_sum, weight_sum, metric_sums, model_state = carry
-        micro_batch, index = inputs
-
-        def loss_fn(params):
-            loss_sums, weights, outputs, new_model_state = _forward(
-                params, model_state, micro_batch, jax.random.fold_in(rng, index),
-                model=model, task=task,
-            )  # fmt: skip
-            # Divided by the static row count only to keep float16 gradients in range.
-            total = loss_sums.sum()
-            scaled = total / rows if scale is None else total / rows * scale
-            return scaled, (total, weights.sum(), outputs, new_model_state)
-
-        (_, (total, weight, outputs, model_state)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(state.params)
-        sums = jax.tree.map(jnp.sum, task.metric_sums(outputs, micro_batch))
-        add = lambda a, b: jax.tree.map(jnp.add, a, b)
-        carry = (add(grads_sum, grads), loss_sum + total, weight_sum + weight,
-                 add(metric_sums, sums), model_state)  # fmt: skip
-        return carry, None
-
-    first = jax.tree.map(lambda leaf: leaf[0], split)
-    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-    metric_shapes = jax.eval_shape(
-        lambda: jax.tree.map(
-            jnp.sum,
-            task.metric_sums(
-                _forward(state.params, state.model_state, first, rng, model=model, task=task)[2],
-                first,
-            ),
+    def one_slice(model_state, index):
+        key = rng if micro_batches == 1 else jax.random.fold_in(rng, index)
+        micro_batch = jax.tree.map(lambda leaf: leaf[index], slices)
+        return _slice_gradients(
+            state.params, model_state, micro_batch, key, scale, rows, model=model, task=task
         )
-    )
-    carry = (
-        zeros(state.params),
-        jnp.zeros((), jnp.float32),
-        jnp.zeros((), jnp.float32),
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
-        state.model_state,
-    )
-    indices = jnp.arange(micro_batches)
+
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)
+
+    def accumulate(carry, index):
+        grads, (total, weight, sums, model_state) = carry
+        more_grads, (more_total, more_weight, more_sums, model_state) = one_slice(
+            model_state, index
+        )
+        return (add(grads, more_grads), (total + more_total, weight + more_weight,
+                add(sums, more_sums), model_state)), None  # fmt: skip
+
+    carry = one_slice(state.model_state, 0)
     if unroll:
-        for index in range(micro_batches):
-            carry, _ = micro_step(
-                carry, (jax.tree.map(lambda leaf, i=index: leaf[i], split), index)
-            )
-    else:
-        carry, _ = jax.lax.scan(micro_step, carry, (split, indices))
-    grads_sum, loss_sum, weight_sum, metric_sums, model_state = carry
-    mean_weight = parallel.sum_over_devices(weight_sum) / parallel.sum_over_devices(1)
-    grads = jax.tree.map(lambda g: g * (rows / mean_weight), grads_sum)
-    return loss_sum / mean_weight, grads, model_state, metric_sums
+        for index in range(1, micro_batches):
+            carry, _ = accumulate(carry, index)
+    elif micro_batches > 1:
+        carry, _ = jax.lax.scan(accumulate, carry, jnp.arange(1, micro_batches))
+    grads, (total, weight, sums, model_state) = carry
+    grads = jax.tree.map(lambda g: g * (rows / weight), grads)
+    return total / weight, grads, model_state, sums
 
 
 def train_step(
@@ -190,33 +163,29 @@ def train_step(
     grad_accum_steps: int = 1,
     grad_accum_unroll: bool = False,
 ) -> tuple[TrainState, dict[str, Metrics]]:
-    """One optimizer step on this device's shard of the global batch `[rows, ...]`.
+    """One optimizer step on the global batch `[rows, ...]`.
 
     Returns the new state and `{"sums": task metric sums over the global batch,
     "diagnostics": grad_norm, learning_rate, all_finite}`. With `skip_nonfinite`, a step
     whose loss or gradient is not finite leaves the state unchanged. With a loss scale in
     the state (float16), a step with non-finite gradients is skipped and the scale halved;
-    it counts as not finite only once the scale is down to 1.
+    it counts as not finite only once the scale is down to 1. `grad_accum_steps` and
+    `grad_accum_unroll` say how the gradient is computed (`_gradients`).
     """
-    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), parallel.device_index())
+    # One key for the global batch: dropout masks are drawn for its whole shape, so they do
+    # not depend on how many devices share it (JAX's partitionable threefry).
+    rng = jax.random.fold_in(rng, state.step)
     scale = state.loss_scale["scale"] if state.loss_scale else None
-    if grad_accum_steps == 1:
-        loss, grads, model_state, sums = _gradients(
-            state, batch, rng, scale, model=model, task=task
-        )
-    else:
-        loss, grads, model_state, sums = _accumulated_gradients(
-            state, batch, rng, scale, model=model, task=task,
-            micro_batches=grad_accum_steps, unroll=grad_accum_unroll,
-        )  # fmt: skip
-    grads = parallel.mean_over_devices(grads)
+    loss, grads, model_state, sums = _gradients(
+        state, batch, rng, scale, model=model, task=task, micro_batches=grad_accum_steps,
+        unroll=grad_accum_unroll,
+    )  # fmt: skip
     if scale is not None:
         grads = jax.tree.map(lambda g: g / scale, grads)
-    model_state = parallel.mean_over_devices(model_state)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
-    loss_finite = jnp.isfinite(parallel.mean_over_devices(loss))
+    loss_finite = jnp.isfinite(loss)
     grads_finite = jnp.isfinite(grad_norm)
     all_finite = apply_update = loss_finite & grads_finite
     loss_scale = state.loss_scale
@@ -242,7 +211,7 @@ def train_step(
         opt_state=opt_state,
         loss_scale=loss_scale,
     )
-    return new_state, {"sums": parallel.sum_over_devices(sums), "diagnostics": diagnostics}
+    return new_state, {"sums": sums, "diagnostics": diagnostics}
 
 
 def train_steps(
@@ -270,20 +239,24 @@ def train_step_on_resident_data(
     train_arrays: Batch,
     *,
     step,
+    batch_sharding,
     draw_indices: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, Metrics]]:
     """`step(state, batch, rng)` on the rows `indices` (`[rows]`, or `[steps, rows]` for
-    `train_steps`) of `train_arrays`, the whole training split already on this device:
-    only the indices cross from the host. With `draw_indices(state.step)` the device draws
-    them itself and `indices` is empty: nothing crosses."""
+    `train_steps`) of `train_arrays`, the whole training split already on every device: only
+    the indices cross from the host. With `draw_indices(state.step)` the devices draw them
+    themselves and `indices` is empty: nothing crosses. The batch is laid out as
+    `batch_sharding` says, so each device gathers only its own rows."""
     if draw_indices is not None:
         indices = draw_indices(state.step)
+    indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
     batch = jax.tree.map(lambda array: array[indices], train_arrays)
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return step(state, batch, rng)
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> Metrics:
-    """Metric sums over this batch of every device and host, padding masked out."""
+    """Metric sums over the global batch, padding masked out."""
     params = _model_params(state.params, model)
     outputs, _ = _apply(model, params, state.model_state, batch, task, train=False)
     outputs = precision.cast_floating(outputs, jnp.float32)
@@ -291,10 +264,10 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) 
     sums = {
         name: (values * mask).sum() for name, values in task.metric_sums(outputs, batch).items()
     }
-    return parallel.sum_over_devices(sums)
+    return sums
 
 
 def predict_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> jax.Array:
-    """The task's predictions (for example decoded tokens) for this device's batch."""
+    """The task's predictions (for example decoded tokens) for the global batch."""
     params = _model_params(state.params, model)
     return task.predict(model, {"params": params, **state.model_state}, batch)

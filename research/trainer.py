@@ -47,9 +47,13 @@ class Run:
     workdir: str
     task: Task
     dataset: data.Dataset
-    state: steps.TrainState  # a host copy: restored, initialized from another run, or fresh
-    train_rng: jax.Array
-    train_step: Callable  # pmapped (state, batches, rng) -> (state, outputs), see `train_batches`
+    mesh: jax.sharding.Mesh  # every device of every process, axes "data" and "fsdp"
+    # Global arrays laid out by `state_shardings`: restored, initialized from another run, or
+    # fresh.
+    state: steps.TrainState
+    state_shardings: Any
+    train_rng: jax.Array  # replicated on the mesh
+    train_step: Callable  # jitted (state, batches, rng) -> (state, outputs), see `train_batches`
     train_buckets: data.LengthBuckets | None
     evaluate: evaluation.Evaluator
     writer: workdir_lib.Writer
@@ -59,7 +63,7 @@ class Run:
     augmentation: augmentation_lib.Augmentation | None = None
     train_stream: streaming.Stream | None = None  # with a streamed training split
     # After the rng, what `train_step` also takes: with input_pipeline "device", the training
-    # split replicated on the local devices (then `train_batches` gives row indices).
+    # split replicated on every device (then `train_batches` gives row indices).
     resident: tuple = ()
     _prefetcher: streaming.Prefetcher | None = None  # streamed: makes `device_batches`
 
@@ -97,13 +101,15 @@ class Run:
         return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
     def device_batches(self, step: int) -> data.Arrays:
-        """`train_batches(step)` on the local devices (streamed: prepared by a thread ahead)."""
+        """`train_batches(step)` as global arrays on the mesh, each process giving its rows
+        (streamed: prepared by a thread ahead)."""
         count = self.config.get("steps_per_dispatch", 1)
+        put = lambda at: parallel.put_batch(self.train_batches(at), self.mesh, steps=count > 1)
         if self.train_stream is None:
-            return parallel.shard(self.train_batches(step), steps=count > 1)
+            return put(step)
         if self._prefetcher is None:
             self._prefetcher = streaming.Prefetcher(
-                lambda at: parallel.shard(self.train_batches(at), steps=count > 1),
+                put,
                 stride=count,
                 stop=self.config.num_train_steps,
             )
@@ -172,6 +178,7 @@ def setup(
     created is removed again and an existing one is left as it was.
     """
     validate(config, parallel.global_device_count())
+    parallel.mesh_shape(config.get("mesh") or {}, parallel.global_device_count())
     _warn_if_xla_flags_missing(config)
     _check_task_config(config, task)
     workdir_lib.check_usable(workdir)
@@ -223,14 +230,21 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     example_batch = data.rows_of(dataset.train, np.arange(1))
     augmentation = augmentation_lib.from_config(config, task.image_keys)
     augmentation_lib.augment(example_batch, augmentation, 1, config.seed, 0, slice(0, 1))
-    state = steps.create_train_state(
-        init_rng, model, task, example_batch, optimizer,
-        loss_scaling=precision.uses_loss_scaling(config),
+    initialize = functools.partial(
+        steps.create_train_state, model=model, task=task, example_batch=example_batch,
+        optimizer=optimizer, loss_scaling=precision.uses_loss_scaling(config),
     )  # fmt: skip
-    check_parameter_patterns(config, state.params, state.model_state)
+    abstract_state = jax.eval_shape(initialize, init_rng)
+    check_parameter_patterns(config, abstract_state.params, abstract_state.model_state)
+    mesh = parallel.make_mesh(config.get("mesh") or {})
+    parallel.check_fsdp_divides(abstract_state, mesh)
+    state_shardings = parallel.state_shardings(abstract_state, mesh)
+    # Initialized in place: each device computes only its own shards of the state.
+    state = jax.jit(initialize, out_shardings=state_shardings)(init_rng)
     initialized_from = None
     if init_from:
         state, initialized_from = _initialize_from(init_from, state, config.init.reinitialize)
+        state = parallel.put(parallel.to_host(state), state_shardings)
     if replacing and parallel.process_index() == 0:  # the new run is ready: the old one goes
         removed = workdir_lib.remove_run(workdir)
         if os.path.isdir(incoming):
@@ -250,6 +264,9 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     start_time -= writer.keep_records_until(int(state.step))  # the clock runs on over restarts
     writer.write_config(config)
     record = {**workdir_lib.run_record(data.fingerprint(dataset)), **precision.record(config)}
+    record["mesh"] = dict(mesh.shape)
+    record["parameter_count"] = int(sum(leaf.size for leaf in jax.tree.leaves(state.params)))
+    record.update(parallel.state_bytes(state))
     if restored is not None:  # a resumed run keeps what its first launch started from
         initialized_from = workdir_lib.read_run(workdir).get("initialized_from")
     if initialized_from:
@@ -264,7 +281,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     elif boundaries:
         train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
     eval_batch_size = config.get("eval_batch_size", config.batch_size)
-    evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, boundaries)
+    evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, mesh, boundaries)
     step_settings = dict(
         model=model,
         task=task,
@@ -281,7 +298,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         train_step = functools.partial(steps.train_steps, unroll=unroll, **step_settings)
     resident = ()
     if config.get("input_pipeline") == "device":
-        resident = (parallel.replicate(dataset.train),)
+        resident = (parallel.put_replicated(dataset.train, mesh),)
         draw = None
         if drawn_on_device:  # the rows of each step, drawn by the device itself
             draw = functools.partial(
@@ -291,14 +308,20 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
                 seed=config.seed,
                 count=config.get("steps_per_dispatch", 1),
             )
+        batch_layout = parallel.batch_sharding(mesh, steps=config.get("steps_per_dispatch", 1) > 1)
         train_step = functools.partial(
-            steps.train_step_on_resident_data, step=train_step, draw_indices=draw
-        )
-    train_step = parallel.pmap(train_step, donate_argnums=(0,))
+            steps.train_step_on_resident_data, step=train_step, batch_sharding=batch_layout,
+            draw_indices=draw,
+        )  # fmt: skip
+    train_step = jax.jit(
+        train_step, out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=0
+    )
+    train_rng = parallel.put_replicated(train_rng, mesh)
     parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(
-        config, workdir, task, dataset, state, train_rng, train_step, train_buckets, evaluate,
-        writer, checkpointer, lock, start_time, augmentation, train_stream, resident,
+        config, workdir, task, dataset, mesh, state, state_shardings, train_rng, train_step,
+        train_buckets, evaluate, writer, checkpointer, lock, start_time, augmentation,
+        train_stream, resident,
     )  # fmt: skip
 
 
@@ -381,9 +404,9 @@ def train_and_evaluate(
 
 def _train(run: Run) -> dict[str, Any]:
     config, checkpointer = run.config, run.checkpointer
-    p_state, p_rng = parallel.replicate(run.state), parallel.replicate(run.train_rng)
-    first_step = int(run.state.step)
-    run.state = None  # the replicated copy is the only live state from here on
+    state, rng = run.state, run.train_rng
+    first_step = int(parallel.to_host(state.step))
+    run.state = None  # donated to the first step: `state` is the only live state from here on
     num_steps = config.num_train_steps
     per_dispatch = config.get("steps_per_dispatch", 1)
     # A run resumes only with its own config, whose cadences are multiples of per_dispatch.
@@ -393,9 +416,7 @@ def _train(run: Run) -> dict[str, Any]:
     loop_start = loop_first_step = None
     with preemption.SignalWatcher() as signals:
         for step in range(first_step, num_steps, per_dispatch):
-            p_state, outputs = run.train_step(
-                p_state, run.device_batches(step), p_rng, *run.resident
-            )
+            state, outputs = run.train_step(state, run.device_batches(step), rng, *run.resident)
             interval.add(outputs)
             done = step + per_dispatch
             if loop_start is None:  # exclude compilation from the measured speed
@@ -416,9 +437,9 @@ def _train(run: Run) -> dict[str, Any]:
                     done, num_steps, train_metrics, speed or train_metrics["steps_per_second"]
                 )
             if done % config.eval_every_steps == 0 or is_last:
-                eval_results = run.evaluate(done, p_state)
+                eval_results = run.evaluate(done, state)
             if must_save:
-                checkpointer.save(done, parallel.unreplicate(p_state))
+                checkpointer.save(done, state)
                 last_saved = done
             if stop and not is_last:
                 checkpointer.wait()
@@ -427,16 +448,16 @@ def _train(run: Run) -> dict[str, Any]:
                     f"{run.workdir}; run the same command again to resume from step {done}."
                 )
     if first_step >= num_steps:  # resumed a finished run: evaluate it again
-        eval_results = run.evaluate(num_steps, p_state)
+        eval_results = run.evaluate(num_steps, state)
     checkpointer.wait()
-    final_state = parallel.unreplicate(p_state)
+    final_params = parallel.to_host(state.params)
     loop_seconds = time.time() - loop_start if loop_start else 0.0
-    averaged = _evaluate_average(run, final_state, eval_results)
+    averaged = _evaluate_average(run, state, eval_results)
     summary = {
         **eval_results,
         **averaged,
         "train": train_metrics,
-        "params_sha256": workdir_lib.params_sha256(final_state.params),
+        "params_sha256": workdir_lib.params_sha256(final_params),
         "final_step": num_steps,
         **({"evaluation_details": run.evaluate.details} if run.evaluate.details else {}),
         "wall_time_s": time.time() - run.start_time,
@@ -459,10 +480,9 @@ def _evaluate_average(run: Run, final_state: steps.TrainState, eval_results: dic
         run.checkpointer.directory, count, final_state
     )
     logging.info("Evaluating the mean parameters of steps %s.", averaged_steps)
-    eval_results.update(
-        run.evaluate(run.config.num_train_steps, parallel.replicate(state), suffix="_averaged")
-    )
+    state = parallel.put(parallel.to_host(state), run.state_shardings)
+    eval_results.update(run.evaluate(run.config.num_train_steps, state, suffix="_averaged"))
     return {
         "averaged_checkpoints": averaged_steps,
-        "averaged_params_sha256": workdir_lib.params_sha256(state.params),
+        "averaged_params_sha256": workdir_lib.params_sha256(parallel.to_host(state.params)),
     }

@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 
+import jax
 import orbax.checkpoint as ocp
 
-from research import data, parallel, preemption
+from research import data, preemption
 from research import workdir as workdir_lib
 from tests.helpers import load_config, run_experiment
 
@@ -67,20 +68,20 @@ def inject(fault: str, at_step: int) -> None:
 
         _wrap(task, "load_data", before=_signal_self)
     elif fault == "sigterm_in_compilation":
-        original_pmap = parallel.pmap
+        original_jit = jax.jit
 
-        def pmap(function, **kwargs):
-            mapped = original_pmap(function, **kwargs)
-            if not kwargs.get("donate_argnums"):  # only the train step
-                return mapped
+        def jit(function, **kwargs):
+            compiled = original_jit(function, **kwargs)
+            if "donate_argnums" not in kwargs:  # only the train step
+                return compiled
 
             def signal_then_call(*args):
                 _signal_self()
-                return mapped(*args)
+                return compiled(*args)
 
             return signal_then_call
 
-        parallel.pmap = pmap
+        jax.jit = jit
     else:
         raise ValueError(f"unknown fault {fault!r}")
 

@@ -27,10 +27,11 @@ def main() -> None:
     state = steps.create_train_state(
         jax.random.PRNGKey(1), model, task, example, optimizers.create_optimizer(config)
     )
-    p_eval = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
+    mesh = parallel.make_mesh(config.get("mesh") or {})
+    eval_step = jax.jit(functools.partial(steps.eval_step, model=model, task=task))
     test = dataset.eval_splits["test"]
     sharded = evaluation.metrics_of_split(
-        p_eval, parallel.replicate(state), test, config.eval_batch_size, task
+        eval_step, parallel.put_replicated(state, mesh), test, config.eval_batch_size, task, mesh
     )
     logits = model.apply({"params": state.params}, test["inputs"], train=False)
     logits = np.asarray(logits, dtype=np.float64)
@@ -44,7 +45,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "devices": jax.local_device_count(),
+                "devices": jax.device_count(),
                 "sharded": sharded,
                 "numpy": numpy_metrics,
                 "num_examples": len(labels),

@@ -144,8 +144,9 @@ def _identity_predict_step(state, batch):
 def test_bucketed_predictions_come_back_in_split_order():
     arrays = _sequences()
     buckets = data.length_buckets(arrays, ("inputs", "targets"), BOUNDARIES)
+    mesh = parallel.make_mesh({})
     predictions = evaluation.predictions_of_split(
-        parallel.pmap(_identity_predict_step), parallel.replicate({}), arrays, 64, buckets
+        jax.jit(_identity_predict_step), {}, arrays, 64, mesh, buckets
     )
     np.testing.assert_array_equal(predictions[:, 0], np.arange(NUM_EXAMPLES))
     np.testing.assert_array_equal(predictions[:, 1:], arrays["inputs"])
@@ -182,9 +183,10 @@ def test_loss_of_a_bucketed_batch_equals_the_loss_of_the_full_width_batch(
 ):
     model, task, state, arrays = tiny_translation_setup
     buckets = data.length_buckets(arrays, ("inputs", "targets"), BOUNDARIES)
-    p_eval_step = parallel.pmap(functools.partial(steps.eval_step, model=model, task=task))
-    p_state = parallel.replicate(state)
-    bucketed = evaluation.metrics_of_split(p_eval_step, p_state, arrays, 64, task, buckets)
-    full_width = evaluation.metrics_of_split(p_eval_step, p_state, arrays, 64, task)
+    mesh = parallel.make_mesh({})
+    eval_step = jax.jit(functools.partial(steps.eval_step, model=model, task=task))
+    device_state = parallel.put_replicated(state, mesh)
+    bucketed = evaluation.metrics_of_split(eval_step, device_state, arrays, 64, task, mesh, buckets)
+    full_width = evaluation.metrics_of_split(eval_step, device_state, arrays, 64, task, mesh)
     assert bucketed["loss"] == pytest.approx(full_width["loss"], rel=1e-6)
     assert bucketed["token_accuracy"] == pytest.approx(full_width["token_accuracy"], rel=1e-6)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,7 +92,7 @@ def _trainer_predictions(workdir):
             variables, *task.model_inputs(batch), train=False
         )
         task = dataclasses.replace(task, predict=apply)
-    p_predict = parallel.pmap(functools.partial(steps.predict_step, model=model, task=task))
+    predict = jax.jit(functools.partial(steps.predict_step, model=model, task=task))
     state = steps.TrainState(
         step=0,
         params=variables.pop("params"),
@@ -99,8 +100,9 @@ def _trainer_predictions(workdir):
         opt_state=(),
     )
     arrays = dataset.eval_splits["test"]
+    mesh = parallel.make_mesh(config.get("mesh") or {})
     predictions = evaluation.predictions_of_split(
-        p_predict, parallel.replicate(state), arrays, config.eval_batch_size
+        predict, parallel.put_replicated(state, mesh), arrays, config.eval_batch_size, mesh
     )
     return arrays, predictions
 

@@ -1,4 +1,5 @@
-"""Data parallelism over 2 and 4 simulated CPU devices gives the results of 1 device."""
+"""The device mesh: the same run on 1, 2, 4 and 8 simulated CPU devices, fully sharded
+data parallelism (FSDP), and checkpoints restored onto another mesh."""
 
 import json
 import os
@@ -7,11 +8,12 @@ import pytest
 
 from research import workdir as workdir_lib
 from tests import helpers
-from tests.helpers import REPO_ROOT, load_config, run_experiment
+from tests.helpers import REPO_ROOT
 
-CONFIG_PATH = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
+CNN_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
+MLP_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_mlp.py")
+SCAN_CONFIG = os.path.join(REPO_ROOT, "experiments/seq2seq/configs/scan_transformer.py")
 OVERRIDES = {
-    "model.dropout_rate": 0.0,  # dropout masks depend on the device layout
     "batch_size": 32,
     "eval_batch_size": 96,  # 1000 test examples: the last batch is padded
     "num_train_steps": 6,
@@ -22,44 +24,50 @@ OVERRIDES = {
 }
 
 
-def _run(module, *arguments, device_count):
-    result = helpers.run_module(module, *arguments, devices=device_count)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+def _launch(workdir, config, *flags, devices=1, expect=0):
+    result = helpers.launch(f"--config={config}", f"--workdir={workdir}", *flags, devices=devices)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
 
 
-@pytest.mark.parametrize("device_count", [2, 4])
-def test_more_devices_give_the_losses_of_one_device(device_count, data_dir, tmp_path):
-    """Same global batch, same examples in the same order: same metrics to 1e-5."""
-    _run(
-        "tests.fault_runner",
-        CONFIG_PATH,
-        json.dumps(OVERRIDES),
-        data_dir,
-        str(tmp_path / "four"),
-        "none",
-        "0",
-        device_count=device_count,
-    )
-    config = load_config(CONFIG_PATH, **OVERRIDES)
-    config.data_dir = data_dir
-    run_experiment(config, tmp_path / "one")
-    with open(tmp_path / "four" / workdir_lib.RUN_FILE) as file:
-        assert json.load(file)["devices"]["device_count"] == device_count
-    four = workdir_lib.read_metrics(tmp_path / "four")
-    one = workdir_lib.read_metrics(tmp_path / "one")
-    assert [(r["step"], r["split"]) for r in four] == [(r["step"], r["split"]) for r in one]
-    for record_four, record_one in zip(four, one, strict=True):
-        assert record_four["loss"] == pytest.approx(record_one["loss"], rel=1e-5, abs=1e-6)
-        if record_one["split"] == "test":
-            assert record_four["accuracy"] == pytest.approx(record_one["accuracy"], abs=1e-9)
+def _train_losses(workdir) -> list[float]:
+    return [r["loss"] for r in workdir_lib.read_metrics(workdir) if r["split"] == "train"]
+
+
+def _summary(workdir) -> dict:
+    with open(os.path.join(workdir, workdir_lib.SUMMARY_FILE)) as file:
+        return json.load(file)
+
+
+def _run_record(workdir) -> dict:
+    return workdir_lib.read_run(str(workdir))
+
+
+def test_dropout_masks_do_not_depend_on_the_device_count(data_dir, tmp_path):
+    """The MNIST-1D MLP with dropout 0.5, launched as a user does on 1, 2, 4 and 8 devices:
+    every step's loss agrees to 1e-5 and the test accuracy is the same. Dropout masks drawn
+    per device (the pmap way) differ at once, by about 1e-2."""
+    flags = [f"--config.data_dir={data_dir}", "--config.batch_size=128"]
+    flags += ["--config.eval_batch_size=512"]
+    flags += ["--config.num_train_steps=40", "--config.log_every_steps=1"]
+    flags += ["--config.eval_every_steps=40", "--config.checkpoint_every_steps=40"]
+    for devices in (1, 2, 4, 8):
+        _launch(tmp_path / str(devices), MLP_CONFIG, *flags, devices=devices)
+    one = _train_losses(tmp_path / "1")
+    assert len(one) == 40
+    for devices in (2, 4, 8):
+        assert _run_record(tmp_path / str(devices))["mesh"] == {"data": devices, "fsdp": 1}
+        assert _train_losses(tmp_path / str(devices)) == pytest.approx(one, rel=1e-5)
+        accuracy = _summary(tmp_path / str(devices))["test"]["accuracy"]
+        assert accuracy == _summary(tmp_path / "1")["test"]["accuracy"]
 
 
 def test_sharded_padded_evaluation_equals_numpy_over_the_whole_split(data_dir):
-    output = _run(
-        "tests.sharded_evaluation", CONFIG_PATH, json.dumps(OVERRIDES), data_dir, device_count=4
+    result = helpers.run_module(
+        "tests.sharded_evaluation", CNN_CONFIG, json.dumps(OVERRIDES), data_dir, devices=4
     )
-    result = json.loads(output.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = json.loads(result.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4 and result["num_examples"] % OVERRIDES["eval_batch_size"]
     # Accuracy is a count over 1000 examples: exactly equal, not approximately.
     assert result["sharded"]["accuracy"] == result["numpy"]["accuracy"]
@@ -67,17 +75,128 @@ def test_sharded_padded_evaluation_equals_numpy_over_the_whole_split(data_dir):
 
 
 def test_four_devices_at_the_default_logging_cadence_finish_like_one(data_dir, tmp_path):
-    """As a user launches: hundreds of steps dispatched ahead between logs, 4 devices on a
-    machine with fewer cores; the collectives must not time out, and results match 1 device."""
-    flags = [f"--config={CONFIG_PATH}", f"--config.data_dir={data_dir}"]
-    flags += ["--config.num_train_steps=300", "--config.batch_size=32"]
-    flags += ["--config.model.dropout_rate=0.0"]  # dropout masks depend on the device layout
+    """As a user launches: 300 steps dispatched ahead between logs, 4 devices on a machine
+    with fewer cores; the collectives must not time out, and the run lands where one device's
+    does. (Float sums group differently on 1 and 4 devices; over hundreds of steps at this
+    learning rate those last-bit differences grow to ~1e-3 of the loss.)"""
+    flags = [f"--config.data_dir={data_dir}", "--config.num_train_steps=300"]
+    flags += ["--config.batch_size=32"]
     for devices in (4, 1):
-        result = helpers.launch(*flags, f"--workdir={tmp_path / str(devices)}", devices=devices)
-        assert result.returncode == 0, result.stderr[-3000:]
-    four = workdir_lib.read_metrics(tmp_path / "4")
-    one = workdir_lib.read_metrics(tmp_path / "1")
-    assert [(r["step"], r["split"]) for r in four] == [(r["step"], r["split"]) for r in one]
-    # Summation order differs between layouts; over 300 steps it moves the loss ~1e-4.
-    for record_four, record_one in zip(four, one, strict=True):
-        assert record_four["loss"] == pytest.approx(record_one["loss"], rel=1e-3)
+        _launch(tmp_path / str(devices), CNN_CONFIG, *flags, devices=devices)
+    four, one = _summary(tmp_path / "4"), _summary(tmp_path / "1")
+    assert four["train"]["loss"] == pytest.approx(one["train"]["loss"], rel=2e-2)
+    assert four["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=0.02)
+
+
+SCAN_FLAGS = [
+    "--config.split=simple", "--config.num_train_steps=100", "--config.batch_size=32",
+    "--config.eval_batch_size=512", "--config.log_every_steps=25",
+    "--config.eval_every_steps=100", "--config.checkpoint_every_steps=100",
+    "--config.decode.max_length=8",  # evaluation is not what this test measures
+]  # fmt: skip
+
+
+def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
+    """SCAN Transformer, fsdp=4 on 4 devices: each device holds at most 0.3 of the train
+    state, and 100 steps give the losses of one device."""
+    data_flag = f"--config.data_dir={tmp_path / 'scan'}"
+    _launch(tmp_path / "one", SCAN_CONFIG, data_flag, *SCAN_FLAGS)
+    _launch(tmp_path / "fsdp", SCAN_CONFIG, data_flag, *SCAN_FLAGS, "--config.mesh.fsdp=4",
+            devices=4)  # fmt: skip
+    record = _run_record(tmp_path / "fsdp")
+    assert record["mesh"] == {"data": 1, "fsdp": 4}
+    assert record["state_bytes"] == _run_record(tmp_path / "one")["state_bytes"]
+    assert record["state_bytes_per_device"] <= 0.3 * record["state_bytes"]
+    assert _train_losses(tmp_path / "fsdp") == pytest.approx(
+        _train_losses(tmp_path / "one"), rel=1e-5
+    )
+
+
+def test_a_model_too_large_for_one_device_trains_when_sharded(data_dir, tmp_path):
+    """An MLP whose state (about 40 MB) is twice a per-device budget of half of it: the
+    replicated layout holds all of it on each device, fsdp=4 holds under a third, and the
+    sharded run trains (finite losses, a checkpoint written)."""
+    flags = [f"--config.data_dir={data_dir}", "--config.model.hidden_sizes=(2048, 1024)"]
+    flags += ["--config.num_train_steps=4", "--config.log_every_steps=2"]
+    flags += ["--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"]
+    _launch(tmp_path / "sharded", MLP_CONFIG, *flags, "--config.mesh.fsdp=4", devices=4)
+    record = _run_record(tmp_path / "sharded")
+    budget = record["state_bytes"] // 2
+    assert record["state_bytes"] > budget  # replicated, every device would hold all of it
+    assert record["state_bytes_per_device"] <= budget
+    assert record["state_bytes_per_device"] < 0.3 * record["state_bytes"]
+    losses = _train_losses(tmp_path / "sharded")
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
+    assert os.listdir(tmp_path / "sharded" / workdir_lib.CHECKPOINT_DIR)
+
+
+@pytest.mark.parametrize(
+    "resume_devices, resume_flags",
+    [(1, ()), (2, ()), (4, ("--config.mesh.fsdp=2",))],
+    ids=["on_1_device", "on_2_devices", "on_fsdp_2"],
+)
+def test_a_run_killed_on_4_devices_resumes_on_another_mesh(
+    resume_devices, resume_flags, data_dir, tmp_path, uninterrupted_on_4_devices
+):
+    """Killed (kill -9) after the step-15 checkpoint on 4 devices, finished on another mesh:
+    the final train loss of the uninterrupted 4-device run, within 1e-5."""
+    overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
+    died = helpers.run_module(
+        "tests.fault_runner", CNN_CONFIG, json.dumps(overrides), data_dir,
+        str(tmp_path / "run"), "kill_in_training", "20", devices=4,
+    )  # fmt: skip
+    assert died.returncode == 137, died.stderr[-2000:]
+    saved = os.listdir(tmp_path / "run" / workdir_lib.CHECKPOINT_DIR)
+    assert "15" in saved and "30" not in saved
+    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    _launch(tmp_path / "run", CNN_CONFIG, *flags, *resume_flags, devices=resume_devices)
+    resumed = _summary(tmp_path / "run")["train"]["loss"]
+    assert resumed == pytest.approx(uninterrupted_on_4_devices["train"]["loss"], rel=1e-5)
+
+
+FAULT_OVERRIDES = {**OVERRIDES, "num_train_steps": 30, "checkpoint_every_steps": 15}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_on_4_devices(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
+    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    _launch(workdir, CNN_CONFIG, *flags, devices=4)
+    return _summary(workdir)
+
+
+def test_the_same_mesh_resumes_bitwise(data_dir, tmp_path, uninterrupted_on_4_devices):
+    overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
+    died = helpers.run_module(
+        "tests.fault_runner", CNN_CONFIG, json.dumps(overrides), data_dir,
+        str(tmp_path / "run"), "kill_in_training", "20", devices=4,
+    )  # fmt: skip
+    assert died.returncode == 137, died.stderr[-2000:]
+    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    _launch(tmp_path / "run", CNN_CONFIG, *flags, devices=4)
+    summary = _summary(tmp_path / "run")
+    assert summary["params_sha256"] == uninterrupted_on_4_devices["params_sha256"]
+
+
+@pytest.mark.parametrize(
+    "flags, devices, named",
+    [
+        (("--config.batch_size=30",), 4, "config.batch_size=30"),
+        (("--config.mesh.fsdp=3",), 4, "config.mesh"),
+        (("--config.mesh.fsdp=4", "--config.model.features=(7, 7, 7)",
+          "--config.model.dense_sizes=(9,)"), 4, "config.mesh.fsdp=4"),
+    ],
+    ids=["batch_the_devices_do_not_divide", "mesh_of_other_size", "fsdp_divides_nothing"],
+)  # fmt: skip
+def test_a_mesh_that_cannot_hold_the_config_is_one_sentence(
+    flags, devices, named, data_dir, tmp_path
+):
+    result = _launch(
+        tmp_path / "run", CNN_CONFIG, f"--config.data_dir={data_dir}", *flags,
+        devices=devices, expect=2,
+    )  # fmt: skip
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and named in error, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "run")

@@ -64,8 +64,8 @@ OPTIMIZER = optax.sgd(0.5)
 
 
 @functools.cache
-def _pmapped_step(model, settings):
-    return parallel.pmap(
+def _compiled_step(model, settings):
+    return jax.jit(
         functools.partial(
             steps.train_step, model=model, task=TOKEN_TASK, optimizer=OPTIMIZER,
             learning_rate_fn=lambda step: 0.5, **dict(settings),
@@ -81,10 +81,13 @@ def _one_step(batch, model=None, loss_scale=None, **settings):
     )
     if loss_scale is not None:
         state = state.replace(loss_scale=loss_scale)
-    step = _pmapped_step(model, tuple(sorted(settings.items())))
-    rng = parallel.replicate(jax.random.PRNGKey(1))
-    new_state, outputs = step(parallel.replicate(state), parallel.shard(batch), rng)
-    return state, parallel.unreplicate(new_state), parallel.unreplicate(outputs)
+    step = _compiled_step(model, tuple(sorted(settings.items())))
+    mesh = parallel.make_mesh({})
+    rng = parallel.put_replicated(jax.random.PRNGKey(1), mesh)
+    new_state, outputs = step(
+        parallel.put_replicated(state, mesh), parallel.put_batch(batch, mesh), rng
+    )
+    return state, parallel.to_host(new_state), parallel.to_host(outputs)
 
 
 def _leaves(state):
