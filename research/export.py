@@ -7,6 +7,7 @@ parameters, the task's preprocessing assets, `signature.json` and `serving_runti
 
 import dataclasses
 import json
+import logging as python_logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 
 from research import checkpoints, data, optimizers, reproduce, serving_runtime, steps
 from research import workdir as workdir_lib
@@ -118,16 +120,55 @@ def restore_variables(workdir: str, step: int | None = None):
             "serving.py and name it in its Task's `serving` field."
         )
     directory = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
-    saved = checkpoints.saved_steps(directory)
-    if not saved:
-        raise ExportError(f"{workdir} holds no checkpoint; train the run before exporting it.")
-    if step is None:
-        step = saved[-1]
-    elif step not in saved:
-        raise ExportError(
-            f"--step={step} is not a checkpoint of {workdir}; choose one of "
-            f"{', '.join(map(str, saved))}."
-        )
+    snapshot = tempfile.mkdtemp(prefix="export-checkpoint-")
+    try:
+        step = _snapshot_step(workdir, directory, step, snapshot)
+        return _restore(config, task, workdir, snapshot, step)
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem (or links not allowed): a copy
+        shutil.copy2(source, destination)
+
+
+def _snapshot_step(workdir: str, directory: str, step: int | None, snapshot: str) -> int:
+    """Links (or copies) checkpoint `step` (the newest by default) into `snapshot` and returns
+    it: a run still training may delete that checkpoint while the export reads it, so the
+    export reads one fixed step from its own copy."""
+    for _ in range(3):  # the newest may be rotated away between listing and linking it
+        saved = checkpoints.saved_steps(directory)
+        if not saved:
+            raise ExportError(f"{workdir} holds no checkpoint; train the run before exporting it.")
+        chosen = saved[-1] if step is None else step
+        if chosen not in saved:
+            raise ExportError(
+                f"--step={step} is not a checkpoint of {workdir}; choose one of "
+                f"{', '.join(map(str, saved))}."
+            )
+        try:
+            shutil.copytree(
+                os.path.join(directory, str(chosen)),
+                os.path.join(snapshot, str(chosen)),
+                copy_function=_link_or_copy,
+            )
+            return chosen
+        except (FileNotFoundError, shutil.Error):
+            shutil.rmtree(os.path.join(snapshot, str(chosen)), ignore_errors=True)
+            if step is not None:
+                break
+    raise ExportError(
+        f"checkpoint {step if step is not None else chosen} of {workdir} was deleted while it was "
+        "read (the run is still training and keeps only its newest checkpoints); export again, "
+        "or pass --step= a newer checkpoint."
+    )
+
+
+def _restore(config, task, workdir: str, directory: str, step: int):
+    """`restore_variables`' result from checkpoint `step` of `directory`."""
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
     scratch = None
     if not os.path.isdir(artifacts):  # data preparation must not write into the run
@@ -150,17 +191,20 @@ def export_run(workdir: str, out: str, step: int | None = None, options: dict | 
     The directory is written next to `out` and renamed into place when complete. Returns
     the signature.
     """
-    if os.path.exists(out) and os.listdir(out):
-        raise ExportError(f"--out={out} exists and is not empty; choose a new directory.")
+    parent = _check_out(out)
     config, task, dataset, model, variables, step, artifacts = restore_variables(workdir, step)
     spec = task.serving().export_spec(config, model, dataset, artifacts, options or {})
     entries, arrays, treedef = _entries(variables)
     digest = serving_runtime.parameters_sha256(entries, arrays)
     assert digest == workdir_lib.params_sha256(variables["params"]), "hash conventions differ"
 
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as error:
+        raise ExportError(
+            f"--out={out} cannot be written ({error.strerror}); choose a folder you can write to."
+        ) from None
     try:
         functions = {}
         for name, function in spec.functions.items():
@@ -204,7 +248,45 @@ def export_run(workdir: str, out: str, step: int | None = None, options: dict | 
     return signature
 
 
+def _check_out(out: str) -> str:
+    """Refuses an `out` that cannot become a new directory, before anything is read; returns
+    the folder the export is written in."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExportError(f"--out={out} is a file; choose a path for a new directory.")
+    if os.path.isdir(out) and os.listdir(out):
+        raise ExportError(f"--out={out} exists and is not empty; choose a new directory.")
+    parent = os.path.dirname(os.path.abspath(out))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ExportError(f"--out={out} is inside the file {existing}; choose another path.")
+    try:  # a folder made and removed: permissions, read-only mounts, quotas, root or not
+        os.rmdir(tempfile.mkdtemp(prefix=".export-probe-", dir=existing))
+    except OSError as error:
+        raise ExportError(
+            f"--out={out} cannot be written ({existing}: {error.strerror}); choose a folder you "
+            "can write to."
+        ) from None
+    return parent
+
+
 FLAGS = flags.FLAGS
+
+
+class _ReadOnlyNotices(python_logging.Filter):
+    """Orbax's notices that a checkpoint folder is opened read-only: as a reader means to."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("read only" in text or "read_only=True" in text)
+
+
+def quiet_logs() -> None:
+    """For commands that read a run (export, sample, predict): warnings and errors only, without
+    the libraries' INFO lines or orbax's notices about read-only checkpoint folders."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    python_logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 
 def _define_flags() -> None:
@@ -219,6 +301,8 @@ def _define_flags() -> None:
 
 def main(argv) -> None:
     del argv
+    if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
+        quiet_logs()
     if not FLAGS.workdir or not FLAGS.out:
         raise app.UsageError("Pass --workdir=RUN and --out=DIR.")
     options = {"beam_sizes": [int(b) for b in FLAGS.beam_sizes]} if FLAGS.beam_sizes else {}

@@ -2,7 +2,8 @@
 
 A task's codec (`experiments/<task>/serving.py`, class `Codec(model, options)`) turns raw inputs
 into example arrays (`parse` one JSON instance, `read` a file or stdin) and one example's outputs
-into the JSON object both `predict` and `serve` answer with (`format`).
+into the JSON object both `predict` and `serve` answer with (`format`). An example's `NOTES`
+entry (what parsing changed: tokens cut, unknown words) is added to its answer as it is.
 """
 
 import hashlib
@@ -21,6 +22,7 @@ from research.errors import UserError
 # Every batch is padded to one of these sizes, so predict and serve run the same compiled shapes.
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 RUNTIME_FILE = "serving_runtime.py"
+NOTES = "notes"  # an example's entry that is not a model input but part of its answer
 
 
 class InputError(UserError, ValueError):
@@ -76,10 +78,14 @@ class Predictor:
         size = self.padded_size(count)
         # Padding repeats the last example: a decoder stops as soon as every row is done.
         rows = list(examples) + [examples[-1]] * (size - count)
-        batch = {name: np.stack([row[name] for row in rows]) for name in examples[0]}
+        names = [name for name in examples[0] if name != NOTES]
+        batch = {name: np.stack([row[name] for row in rows]) for name in names}
         outputs = self.model.run(self.codec.function, batch)
         return [
-            self.codec.format({name: value[index] for name, value in outputs.items()})
+            {
+                **self.codec.format({name: value[index] for name, value in outputs.items()}),
+                **examples[index].get(NOTES, {}),
+            }
             for index in range(count)
         ]
 
@@ -94,6 +100,14 @@ class Predictor:
 
 def to_json(value: dict) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def parse_line(parse, where: str, text: str) -> dict[str, np.ndarray] | InputError:
+    """`parse(text)`, or the InputError it raised naming `where` (one bad line loses no other)."""
+    try:
+        return parse(text)
+    except InputError as error:
+        return InputError(f"{where}: {error}")
 
 
 def text_lines(source: str) -> Iterator[tuple[str, str | InputError]]:

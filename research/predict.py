@@ -69,6 +69,8 @@ def predict_sources(predictor: inference.Predictor, sources: list[str], output) 
 
 def main(argv) -> None:
     sources = argv[1:] or ["-"]
+    if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
+        export.quiet_logs()
     try:
         with tempfile.TemporaryDirectory() as scratch:
             predictor = predictor_from_flags(scratch)

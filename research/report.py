@@ -310,6 +310,8 @@ def build(paths: list[str], out: str, targets: dict, split=None, metric=None) ->
     """Writes report.md, runs.csv, groups.csv, the plots and report.html into `out`."""
     from research import report_plots
 
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ReportError(f"--out={out} is a file; pass a folder (new or existing) for the report.")
     runs = [load_run(name, workdir) for name, workdir in find_workdirs(paths)]
     if metric is None and targets:
         metric = next(iter(targets))
@@ -319,7 +321,12 @@ def build(paths: list[str], out: str, targets: dict, split=None, metric=None) ->
     grouped = group_rows(runs, rows, keys) if "seed" in keys else []
     if grouped and all(row["seeds"] == 1 for row in grouped):
         grouped = []
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise ReportError(
+            f"--out={out} cannot be made ({error.strerror}); pass a folder you can write to."
+        ) from None
     write_csv(os.path.join(out, "runs.csv"), rows)
     if grouped:
         write_csv(os.path.join(out, "groups.csv"), grouped)

@@ -15,14 +15,14 @@ import time
 from absl import app, flags, logging
 from aiohttp import web
 
-from research import inference, predict
+from research import export, inference, predict
 from research.errors import UserError
 
 FLAGS = flags.FLAGS
 
 
 class QueueFullError(Exception):
-    """More examples are waiting than the queue holds."""
+    """More examples are waiting than the queue holds (for now: retrying may succeed)."""
 
 
 class Batcher:
@@ -111,11 +111,25 @@ def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, m
     async def handle_predict(request: web.Request) -> web.Response:
         try:
             body = json.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                413,
+                f"The request body is larger than this server's limit of {max_bytes} bytes "
+                "(--max_request_bytes); send fewer instances per request.",
+            )
         except (ValueError, UnicodeDecodeError) as error:
             return _error(400, f"The request body is not JSON ({error}).")
         instances = body.get("instances") if isinstance(body, dict) else None
-        if not isinstance(instances, list) or not instances:
+        if not isinstance(instances, list):
             return _error(400, 'The request must be a JSON object {"instances": [...]}.')
+        if not instances:
+            return _error(400, "The request's instances list is empty; send at least one.")
+        if len(instances) > max_queue:  # a queue that never holds them: retrying cannot help
+            return _error(
+                413,
+                f"The request has {len(instances)} instances but this server queues at most "
+                f"{max_queue} (--max_queue); send at most {max_queue} per request.",
+            )
         examples = []
         for index, instance in enumerate(instances):
             try:
@@ -161,7 +175,14 @@ async def _serve(application: web.Application, host: str, port: int, timeout_s: 
     runner = web.AppRunner(application, access_log=None, shutdown_timeout=timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise UserError(
+            f"cannot listen on {host}:{port} ({error.strerror or error}); stop what uses that "
+            "port or pass another --port."
+        ) from None
     print(f"Serving on http://{host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,7 +192,7 @@ async def _serve(application: web.Application, host: str, port: int, timeout_s: 
     requests = application["requests"]
     requests.stopping = True
     await site.stop()
-    logging.info("Stopping: answering %d requests in flight.", requests.count)
+    print(f"Stopping: answering {requests.count} requests in flight.", flush=True)
     try:
         await asyncio.wait_for(requests.idle.wait(), timeout_s)
     except TimeoutError:
@@ -179,16 +200,32 @@ async def _serve(application: web.Application, host: str, port: int, timeout_s: 
     await runner.cleanup()
 
 
+def check_flags() -> None:
+    """Refuses flags the server cannot honour, before the model is loaded."""
+    if not 1 <= FLAGS.port <= 65535:
+        raise UserError(f"--port={FLAGS.port} is not a TCP port; pass one from 1 to 65535.")
+    for name in ("max_batch_size", "max_queue", "max_request_bytes"):
+        if FLAGS[name].value < 1:
+            raise UserError(f"--{name}={FLAGS[name].value} must be 1 or more.")
+    for name in ("max_wait_ms", "shutdown_timeout_s"):
+        if not FLAGS[name].value >= 0:
+            raise UserError(f"--{name}={FLAGS[name].value} must be 0 or more.")
+
+
 def main(argv) -> None:
     del argv
+    if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
+        export.quiet_logs()
     try:
+        check_flags()
+        print("Loading the model and compiling its batch sizes.", flush=True)
         with tempfile.TemporaryDirectory() as scratch:
             predictor = predict.predictor_from_flags(scratch)
             sizes = tuple(s for s in inference.BATCH_SIZES if s <= FLAGS.max_batch_size)
             predictor.batch_sizes = sizes or (1,)
             start = time.time()
             predictor.warm_up()
-            logging.info("Compiled batch sizes %s in %.1f s.", sizes, time.time() - start)
+            print(f"Compiled batch sizes {sizes} in {time.time() - start:.1f} s.", flush=True)
             application = make_app(
                 predictor,
                 max_batch_size=predictor.batch_sizes[-1],
@@ -201,6 +238,8 @@ def main(argv) -> None:
             uvloop.run(_serve(application, FLAGS.host, FLAGS.port, FLAGS.shutdown_timeout_s))
     except UserError as error:
         raise SystemExit(f"Error: {error}") from None
+    except KeyboardInterrupt:  # before the server listened (its own handler stops it later)
+        raise SystemExit("Stopped before the server started listening.") from None
 
 
 if __name__ == "__main__":
@@ -209,7 +248,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("port", 8000, "The port to listen on.")
     flags.DEFINE_integer("max_batch_size", 32, "Largest batch; 1 turns dynamic batching off.")
     flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more examples.")
-    flags.DEFINE_integer("max_queue", 1024, "Examples waiting before requests get 503.")
+    flags.DEFINE_integer(
+        "max_queue", 1024, "Examples waiting before requests get 503 (larger requests get 413)."
+    )
     flags.DEFINE_integer("max_request_bytes", 2**20, "Larger request bodies get 413.")
     flags.DEFINE_float("shutdown_timeout_s", 30.0, "How long SIGTERM waits for requests.")
     app.run(main)

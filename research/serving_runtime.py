@@ -35,6 +35,15 @@ def parameters_sha256(entries: list[dict], arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def _short(error: Exception) -> str:
+    """An error as a few words: a missing file's name, else the first line of the message."""
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{os.path.basename(error.filename)} is missing"
+    if isinstance(error, KeyError):
+        return f"no entry {error}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 class ExportedModel:
     """An exported directory: its signature, parameters and serialized functions.
 
@@ -44,6 +53,17 @@ class ExportedModel:
 
     def __init__(self, directory: str, *, check_parameters: bool = True):
         self.directory = os.path.abspath(directory)
+        try:
+            self._load(check_parameters)
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ModelDirectoryError):
+                raise
+            raise ModelDirectoryError(
+                f"{self.directory} is not a complete exported model ({_short(error)}); "
+                "export the run again into a new directory."
+            ) from None
+
+    def _load(self, check_parameters: bool) -> None:
         self.signature = self._read_signature()
         if self.signature.get("format_version") != FORMAT_VERSION:
             raise ModelDirectoryError(
@@ -66,7 +86,14 @@ class ExportedModel:
         self.functions = {}
         for name in self.signature["functions"]:
             with open(self._path(name + FUNCTION_SUFFIX), "rb") as file:
-                self.functions[name] = jax_export.deserialize(bytearray(file.read()))
+                serialized = bytearray(file.read())
+            try:
+                self.functions[name] = jax_export.deserialize(serialized)
+            except Exception as error:  # noqa: BLE001 (the deserializer raises many kinds)
+                raise ModelDirectoryError(
+                    f"{self._path(name + FUNCTION_SUFFIX)} is damaged ({_short(error)}); export "
+                    "the run again."
+                ) from None
         self._compiled = {name: jax.jit(function.call) for name, function in self.functions.items()}
 
     def _path(self, name: str) -> str:
@@ -76,12 +103,21 @@ class ExportedModel:
         path = self._path(SIGNATURE_FILE)
         try:
             with open(path) as file:
-                return json.load(file)
+                signature = json.load(file)
         except FileNotFoundError:
             raise ModelDirectoryError(
                 f"{self.directory} holds no {SIGNATURE_FILE}; pass a directory written by "
                 "python -m research.export."
             ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelDirectoryError(
+                f"{path} is damaged (not JSON: {_short(error)}); export the run again."
+            ) from None
+        if not isinstance(signature, dict):
+            raise ModelDirectoryError(
+                f"{path} is damaged (not a JSON object); export the run again."
+            )
+        return signature
 
     def asset_path(self, name: str) -> str:
         """The path of an asset file (a tokenizer model, class names) of this directory."""

@@ -336,7 +336,7 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
         server.wait()
 
 
-def test_server_answers_503_when_its_queue_is_full_and_413_for_large_bodies(exported):
+def test_server_answers_413_for_more_instances_than_its_queue_holds_or_large_bodies(exported):
     import asyncio
 
     from aiohttp.test_utils import TestClient, TestServer
@@ -349,9 +349,10 @@ def test_server_answers_503_when_its_queue_is_full_and_413_for_large_bodies(expo
     async def scenario():
         application = serve.make_app(predictor, max_queue=2, max_bytes=2000)
         async with TestClient(TestServer(application)) as client:
-            three = {"instances": [[0.0] * 10] * 3}
+            three = {"instances": [[0.0] * 10] * 3}  # never fits: 413, not 503 "retry"
             response = await client.post("/v1/predict", json=three)
-            assert response.status == 503, await response.text()
+            assert response.status == 413, await response.text()
+            assert "queues at most 2 (--max_queue)" in (await response.json())["error"]
             two = {"instances": [[0.0] * 10] * 2}
             response = await client.post("/v1/predict", json=two)
             assert response.status == 200
@@ -360,6 +361,7 @@ def test_server_answers_503_when_its_queue_is_full_and_413_for_large_bodies(expo
             )
             response = await client.post("/v1/predict", data=b"[" + b"0," * 2000 + b"0]")
             assert response.status == 413
+            assert "(--max_request_bytes)" in (await response.json())["error"]
             response = await client.post("/v1/predict", json={"instances": [[True] * 10]})
             assert response.status == 400
             assert "not a number" in (await response.json())["error"]

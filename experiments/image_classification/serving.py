@@ -95,6 +95,11 @@ class Codec:
         self.shapes = {self.raw_shape}
         if self.raw_shape[-1] == 1:
             self.shapes.add(self.raw_shape[:-1])
+        # And the shape the signature shows per example ([40, 1] for a 1-D signal of [40]).
+        (model_input,) = model.signature["functions"][self.function]["inputs"]
+        model_shape = tuple(model_input["shape"][1:])
+        if model_shape == (*self.raw_shape, 1):
+            self.shapes.add(model_shape)
 
     def _expected(self) -> str:
         values = "integers 0-255" if self.raw_dtype == np.uint8 else "numbers"
@@ -149,10 +154,13 @@ class Codec:
         except InputError as error:
             yield source, InputError(f"{source}: {error}")
             return
-        except (OSError, ValueError) as error:  # missing, unreadable or not an image
+        except (OSError, ValueError, EOFError) as error:  # missing, empty, not an image
             message = str(error).split("\n")[0]
             yield source, InputError(f"{source} cannot be read ({message}); expected a file of "
                                      f"{self._expected()}")  # fmt: skip
+            return
+        if array.size == 0:
+            yield source, InputError(f"{source} holds no values; expected {self._expected()}")
             return
         one = array.shape in self.shapes or array.ndim <= min(map(len, self.shapes))
         rows = [("", array)] if one else [

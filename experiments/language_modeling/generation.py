@@ -6,12 +6,17 @@ costs one position. The samples are a pure function of the parameters, prompt an
 
 import dataclasses
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from experiments.seq2seq.tokens import BOS_ID, PAD_ID
+from research.errors import UserError
+
+INT32 = np.iinfo(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +26,28 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+
+
+class SamplingError(UserError, ValueError):
+    """A sampling setting outside its range: the message names it and the range."""
+
+
+def check_sampling(temperature, top_k, top_p, seed, *, prefix: str = "") -> None:
+    """Refuses a setting that sampling would ignore or break on, in one sentence without a
+    final period (`prefix` is what names a setting: "--" for flags)."""
+    float32_max = float(np.finfo(np.float32).max)
+    if not (math.isfinite(temperature) and 0 <= temperature <= float32_max):
+        raise SamplingError(
+            f"{prefix}temperature must be a finite number, 0 (greedy) or more, not {temperature}"
+        )
+    if not 0 < top_p <= 1:  # also refuses NaN
+        raise SamplingError(f"{prefix}top_p must be in (0, 1] (1 keeps every token), not {top_p}")
+    if not 0 <= top_k <= INT32.max:
+        raise SamplingError(
+            f"{prefix}top_k must be a whole number from 0 (every token) to {INT32.max}, not {top_k}"
+        )
+    if not INT32.min <= seed <= INT32.max:
+        raise SamplingError(f"{prefix}seed must be within {INT32.min} and {INT32.max}, not {seed}")
 
 
 def initialize_cache(model: nn.Module, batch_size: int, max_length: int) -> dict:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.language_modeling import generation, task, tokenizers
-from research import checkpoints, reproduce, steps
+from research import checkpoints, export, reproduce, steps
 from research import workdir as workdir_lib
 from research.errors import UserError
 
@@ -37,6 +37,19 @@ def load_run(workdir: str):
     return model, state.params, tokenizer
 
 
+def check_arguments(arguments: argparse.Namespace) -> None:
+    """Refuses settings that sampling would ignore or break on, before the run is loaded."""
+    for name in ("num_samples", "max_new_tokens"):
+        if getattr(arguments, name) < 1:
+            raise UserError(f"--{name} must be 1 or more, not {getattr(arguments, name)}.")
+    try:
+        generation.check_sampling(
+            arguments.temperature, arguments.top_k, arguments.top_p, arguments.seed, prefix="--"
+        )
+    except generation.SamplingError as error:
+        raise generation.SamplingError(f"{error}.") from None
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="A language_modeling run's workdir.")
@@ -48,7 +61,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--top_p", type=float, default=1.0, help="1.0: no nucleus cut.")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args(argv)
+    export.quiet_logs()
     try:
+        check_arguments(arguments)
         model, params, tokenizer = load_run(arguments.workdir)
         texts = task.sample(
             model, params, tokenizer, arguments.prompt,

@@ -5,6 +5,7 @@ with each row's seed and sampling settings, and runs `generation.generate_rows` 
 model's cache; the codec turns text into prompt ids and continuations back into text.
 """
 
+import math
 import os
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from experiments.language_modeling import generation, tokenizers
 from experiments.language_modeling import task as lm_task
 from experiments.language_modeling.models import transformer
-from experiments.seq2seq.tokens import PAD_ID
+from experiments.seq2seq.tokens import PAD_ID, UNK_ID
 from research import data, inference
 from research.export import ExportError, ExportSpec, Function
 from research.inference import InputError
@@ -101,21 +102,18 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
 
 
 def _settings(values: dict, where: str) -> dict:
-    """Sampling settings checked: one sentence naming the bad one."""
-    checked = {}
+    """Sampling settings checked (one sentence naming the bad one), as the export's dtypes."""
     for name, value in values.items():
-        kind = SETTING_TYPES[name]
         if isinstance(value, bool) or not isinstance(value, int | float | np.number):
             raise InputError(f"{where}{name} must be a number, not {value!r}")
-        if kind is np.int32 and int(value) != value:
+        whole = math.isfinite(value) and int(value) == value
+        if SETTING_TYPES[name] is np.int32 and not whole:
             raise InputError(f"{where}{name} must be a whole number, not {value!r}")
-        checked[name] = kind(value)
-    for name in ("temperature", "top_k"):
-        if checked[name] < 0:
-            raise InputError(f"{where}{name} must not be negative, not {checked[name]}")
-    if not 0 < checked["top_p"] <= 1:
-        raise InputError(f"{where}top_p must be in (0, 1], not {checked['top_p']}")
-    return checked
+    try:
+        generation.check_sampling(*(values[name] for name in SETTINGS), prefix=where)
+    except generation.SamplingError as error:
+        raise InputError(str(error)) from None
+    return {name: SETTING_TYPES[name](value) for name, value in values.items()}
 
 
 class Codec:
@@ -124,7 +122,9 @@ class Codec:
 
     Options (predict's and serve's flags) change the defaults: temperature, top_k, top_p,
     seed (the export's defaults are the run's `config.samples`, seed 0: the same prompt and
-    seed give the same continuation) and max_new_tokens (at most the exported number).
+    seed give the same continuation) and max_new_tokens (at most the exported number). Where a
+    prompt has tokens unknown to the tokenizer, the answer counts them (`unknown_prompt_tokens`);
+    a prompt longer than the export takes is refused, never cut.
     """
 
     def __init__(self, model, options: dict):
@@ -142,7 +142,10 @@ class Codec:
                 f"{exported}; export again with --max_new_tokens for more."
             )
         given = {name: options[name] for name in SETTINGS if options.get(name) is not None}
-        self.defaults = _settings({**metadata["defaults"], **given}, "--")
+        try:
+            self.defaults = _settings({**metadata["defaults"], **given}, "--")
+        except InputError as error:  # a flag of predict or serve: a whole sentence
+            raise InputError(f"{error}.") from None
         self.tokenizer = tokenizers.load_tokenizer(model.asset_path(lm_task.TOKENIZER_DIR))
 
     def parse(self, instance) -> dict[str, np.ndarray]:
@@ -165,19 +168,26 @@ class Codec:
                 f"most {self.max_prompt_length}; shorten it or export with a larger "
                 "--max_prompt_length"
             )
+        unknown = ids.count(UNK_ID)
         prompt = np.full((self.max_prompt_length,), PAD_ID, np.int32)
         prompt[: len(ids)] = ids
         return {
             "prompt": prompt,
             "prompt_length": np.int32(len(ids)),
             **_settings({**self.defaults, **settings}, ""),
+            inference.NOTES: {"unknown_prompt_tokens": unknown} if unknown else {},
         }
 
     def read(self, source: str):
         """(where, example or InputError) for every line of `source` ("-" = stdin): a prompt
         per line."""
         for where, text in inference.text_lines(source):
-            yield where, text if isinstance(text, InputError) else self.parse(text)
+            yield (
+                where,
+                text
+                if isinstance(text, InputError)
+                else inference.parse_line(self.parse, where, text),
+            )
 
     def format(self, outputs: dict[str, np.ndarray]) -> dict:
         tokens = outputs["tokens"][: self.max_new_tokens].tolist()

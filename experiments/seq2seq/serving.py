@@ -10,7 +10,7 @@ import numpy as np
 
 from experiments.seq2seq import decoding, tokenizers
 from experiments.seq2seq import task as seq2seq_task
-from experiments.seq2seq.tokens import EOS_ID
+from experiments.seq2seq.tokens import EOS_ID, UNK_ID
 from research import data, inference
 from research.export import ExportSpec, Function
 from research.inference import InputError
@@ -77,7 +77,9 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
 
 
 class Codec:
-    """A JSON instance is a source sentence; the answer its translation and token ids."""
+    """A JSON instance is a source sentence; the answer its translation and token ids, and,
+    where any were, how many source tokens were cut (beyond `max_input_length`,
+    `source_tokens_cut`) or unknown to the tokenizer (`unknown_source_tokens`)."""
 
     def __init__(self, model, options: dict):
         unknown = set(options) - {"beam_size", "length_penalty"}
@@ -108,14 +110,26 @@ class Codec:
         if not isinstance(instance, str):
             kind = type(instance).__name__
             raise InputError(f"expected a source sentence as a string, got a {kind}")
-        # The trainer's own encoding: truncated to max_input_length with EOS, padded with 0.
+        # The trainer's own encoding: truncated to max_input_length with EOS, padded with 0;
+        # the answer says how many tokens were cut and how many were unknown (UNK).
         ids = seq2seq_task._encode([instance], self.source, self.max_input_length)[0]
-        return {"inputs": ids, "length_penalty": self.length_penalty}
+        tokens = self.source.encode(instance)
+        notes = {
+            "source_tokens_cut": max(0, len(tokens) - (self.max_input_length - 1)),
+            "unknown_source_tokens": tokens.count(UNK_ID),
+        }
+        notes = {name: count for name, count in notes.items() if count}
+        return {"inputs": ids, "length_penalty": self.length_penalty, inference.NOTES: notes}
 
     def read(self, source: str):
         """(where, example or InputError) for every line of `source` ("-" = stdin)."""
         for where, text in inference.text_lines(source):
-            yield where, text if isinstance(text, InputError) else self.parse(text)
+            yield (
+                where,
+                text
+                if isinstance(text, InputError)
+                else inference.parse_line(self.parse, where, text),
+            )
 
     def format(self, outputs: dict[str, np.ndarray]) -> dict:
         tokens = outputs["tokens"].tolist()
