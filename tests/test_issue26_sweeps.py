@@ -157,3 +157,13 @@ def test_a_rerun_waits_for_a_point_still_running_and_a_second_sweep_is_refused(t
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_misspelled_config_key_is_one_sentence_without_escapes(tmp_path):
+    result = _sweep(tmp_path / "sweep", "seed=0,1", "--config.learnin_rate=0.1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --config.learnin_rate is not a key of the config (did you mean learning_rate?); "
+        "use a key the config file sets, spelled as there."
+    ]
+    assert not (tmp_path / "sweep").exists()
