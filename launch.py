@@ -21,7 +21,10 @@ HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
 flags.DEFINE_string("workdir", None, "Where the run writes its records and checkpoints.")
 flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir.")
 flags.DEFINE_string(
-    "init_from", None, "Start from the parameters of the run in this workdir (a new run)."
+    "init_from",
+    None,
+    "Start a new run from the parameters of the run in this workdir: its newest checkpoint, or "
+    "WORKDIR@STEP for that step.",
 )
 flags.DEFINE_string(
     "reproduce", None, "Rerun the finished run in this workdir and compare the results."

@@ -221,9 +221,10 @@ class InitializedFrom:
 
 
 def restore_model_from(
-    directory: str, like: TrainState, reinitialize: tuple[str, ...] = ()
+    directory: str, like: TrainState, reinitialize: tuple[str, ...] = (), step: int | None = None
 ) -> tuple[TrainState, InitializedFrom]:
-    """`like` with the parameters and model state of the newest checkpoint in `directory`.
+    """`like` with the parameters and model state of the checkpoint of `step` in `directory`
+    (the newest complete one when None: a run still training keeps adding them).
 
     Arrays are matched by path; those whose path within its collection ("Dense_1/kernel",
     "BatchNorm_0/mean") a `reinitialize` pattern matches, and those the checkpoint lacks, keep
@@ -237,9 +238,15 @@ def restore_model_from(
         raise CheckpointError(
             f"{directory} holds no checkpoint; pass the workdir of a run that saved one."
         )
+    if step is not None and step not in steps:
+        raise CheckpointError(
+            f"{directory} has no checkpoint of step {step} (it holds steps "
+            f"{', '.join(map(str, steps))}); pass one of those, or the run without @STEP for "
+            "its newest."
+        )
+    step = steps[-1] if step is None else step
     manager = _read_only_manager(directory)
     try:
-        step = steps[-1]
         saved_tree = manager.item_metadata(step).tree
         wanted = {"params": like.params, "model_state": like.model_state}
         saved = {

@@ -21,8 +21,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def initialized_from(workdir: str) -> str | None:
-    """The workdir whose parameters the run started from (--init_from), if any."""
-    return (workdir_lib.read_run(workdir).get("initialized_from") or {}).get("workdir")
+    """`WORKDIR@STEP`: the checkpoint whose parameters the run started from (--init_from),
+    if any; exactly the recorded step, not the source's newest."""
+    record = workdir_lib.read_run(workdir).get("initialized_from") or {}
+    if not record.get("workdir"):
+        return None
+    return f"{record['workdir']}@{record['step']}" if "step" in record else record["workdir"]
 
 
 def check_finished(workdir: str) -> None:

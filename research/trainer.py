@@ -243,7 +243,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     state = jax.jit(initialize, out_shardings=state_shardings)(init_rng)
     initialized_from = None
     if init_from:
-        state, initialized_from = _initialize_from(init_from, state, config.init.reinitialize)
+        state, initialized_from = _initialize_from(init_from, state, config.init)
         state = parallel.put(parallel.to_host(state), state_shardings)
     if replacing and parallel.process_index() == 0:  # the new run is ready: the old one goes
         removed = workdir_lib.remove_run(workdir)
@@ -340,23 +340,40 @@ def _load_data(task: Task, artifacts_dir: str) -> data.Dataset:
 
 
 def _initialize_from(
-    other_workdir: str, state: steps.TrainState, reinitialize
+    source: str, state: steps.TrainState, init_config
 ) -> tuple[steps.TrainState, dict]:
     """A fresh state (step 0, new optimizer state) with the parameters of another run, except
-    those `reinitialize` matches and those the other run lacks, which keep their fresh values;
-    and the record of it for run.json.
+    those `init_config.reinitialize` matches and those the other run lacks, which keep their
+    fresh values; and the record of it for run.json.
 
-    The other run is opened read-only: nothing there is created, moved or written.
+    `source` is a workdir, read at its newest complete checkpoint, or `WORKDIR@STEP`. The
+    other run is opened read-only: nothing there is created, moved or written.
     """
+    other_workdir, step = source, None
+    head, at, tail = source.rpartition("@")
+    if at and tail.isdigit():
+        other_workdir, step = head, int(tail)
     directory = os.path.join(other_workdir, workdir_lib.CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         raise workdir_lib.WorkdirError(
-            f"--init_from={other_workdir} holds no checkpoints folder; pass the workdir of a "
+            f"--init_from={source} holds no checkpoints folder; pass the workdir of a "
             "run that saved a checkpoint."
         )
-    state, report = checkpoints.restore_model_from(directory, state, tuple(reinitialize))
+    state, report = checkpoints.restore_model_from(
+        directory, state, tuple(init_config.reinitialize), step
+    )
+    minimum = init_config.get("min_restored_arrays", 1)
+    if len(report.restored) < minimum:
+        holds = ", ".join(report.unused[:6]) + (", ..." if len(report.unused) > 6 else "")
+        raise checkpoints.CheckpointMismatchError(
+            f"--init_from={source} restored {len(report.restored)} of this model's arrays "
+            f"(fewer than config.init.min_restored_arrays={minimum}): its checkpoint of step "
+            f"{report.step} holds {holds or 'no arrays of this model'}; pass a run of this "
+            "architecture, or lower config.init.min_restored_arrays for a deliberate partial "
+            "restore."
+        )
     logging.info(
-        "Initialized from %s (step %d): restored %d arrays (%s); initialized fresh by "
+        "Initialized from %s at step %d: restored %d arrays (%s); initialized fresh by "
         "config.init.reinitialize: %d (%s).",
         other_workdir, report.step, len(report.restored), ", ".join(report.restored),
         len(report.reinitialized), ", ".join(report.reinitialized) or "none",
@@ -367,9 +384,27 @@ def _initialize_from(
         )
     if report.unused:
         logging.info("Not used from %s: %s.", other_workdir, ", ".join(report.unused))
+    sizes = checkpoints.expected_shapes({"params": state.params, "model_state": state.model_state})
+    count = lambda names: int(sum(_size(sizes, name) for name in names))
     record = {"workdir": os.path.abspath(other_workdir), "step": report.step}
     record["params_sha256"] = report.params_sha256
+    record["arrays"] = {
+        "restored": len(report.restored),
+        "reinitialized": len(report.reinitialized),
+        "absent": len(report.absent),
+    }
+    record["parameters"] = {
+        "restored": count(report.restored),
+        "reinitialized": count(report.reinitialized),
+        "absent": count(report.absent),
+    }
     return state, {**record, "reinitialized": report.reinitialized, "absent": report.absent}
+
+
+def _size(shapes: dict, shown_name: str) -> int:
+    """Elements of the array the log names `shown_name` (its path within its collection)."""
+    shape = next(shape for path, shape in shapes.items() if path.split("/", 1)[1] == shown_name)
+    return int(np.prod(shape))
 
 
 def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:

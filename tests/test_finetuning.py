@@ -21,6 +21,7 @@ from research import checkpoints, optimizers, trainer
 from research import config as config_lib
 from research import workdir as workdir_lib
 from research.config import ConfigError, base_config
+from tests import helpers
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 MLP = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_mlp.py")
@@ -116,6 +117,14 @@ def test_fine_tuning_restores_by_path_reinitializes_and_freezes(
         "params_sha256": source_summary["params_sha256"],
         "reinitialized": ["Dense_2/bias", "Dense_2/kernel"],
         "absent": ["Dense_3/bias", "Dense_3/kernel"],
+        "arrays": {"restored": 4, "reinitialized": 2, "absent": 2},
+        "parameters": {
+            "restored": sum(
+                initial[f"Dense_{i}/{k}"].size for i in (0, 1) for k in ("bias", "kernel")
+            ),
+            "reinitialized": initial["Dense_2/kernel"].size + initial["Dense_2/bias"].size,
+            "absent": initial["Dense_3/kernel"].size + initial["Dense_3/bias"].size,
+        },
     }
     assert _tree_snapshot(source_run) == before_source  # the source run is only read
 
@@ -286,3 +295,49 @@ def test_class_subset_keeps_the_first_examples_of_each_class_relabelled(data_dir
         load(classes=(3, 10))
     with pytest.raises(ConfigError, match="train_examples_per_class=9999 but class 1 has only"):
         load(classes=(1,), train_examples_per_class=9999)
+
+
+def test_init_from_a_run_of_another_model_restores_nothing_and_stops(data_dir, tmp_path):
+    """From the command line: an MLP launched --init_from a run of another architecture (a
+    checkpoint holding an embedding and an LSTM cell) would restore 0 arrays and train from
+    scratch while run.json said "initialized_from"; it stops instead."""
+    from research.steps import TrainState
+
+    other = TrainState(
+        step=np.int32(7),
+        params={"Embed_0": {"embedding": np.zeros((30, 8), np.float32)},
+                "LSTMCell_0": {"kernel": np.zeros((8, 32), np.float32)}},
+        model_state={}, opt_state={},
+    )  # fmt: skip
+    saver = checkpoints.Checkpointer(str(tmp_path / "lstm" / "checkpoints"), keep=1)
+    saver.save(7, other)
+    saver.close()
+    result = helpers.launch(
+        f"--config={MLP}", f"--workdir={tmp_path / 'tuned'}", f"--config.data_dir={data_dir}",
+        f"--init_from={tmp_path / 'lstm'}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: --init_from={tmp_path / 'lstm'} restored 0 of this model's")
+    assert "Embed_0/embedding" in error and "Traceback" not in result.stderr
+    assert not (tmp_path / "tuned").exists()
+
+
+def test_init_from_at_step_reads_that_checkpoint_and_records_it(data_dir, tmp_path):
+    source = tmp_path / "source"
+    run_experiment(_mlp_config(data_dir, (16, 16), num_train_steps=8), source)
+    assert checkpoints.saved_steps(str(source / "checkpoints")) == [4, 8]
+    config = _mlp_config(data_dir, (16, 16))
+    task = experiments.get_task(config)
+    run = trainer.setup(config, str(tmp_path / "tuned"), task, init_from=f"{source}@4")
+    run.close()
+    record = workdir_lib.read_run(tmp_path / "tuned")["initialized_from"]
+    assert record["step"] == 4 and record["workdir"] == str(source)
+    assert record["params_sha256"] == workdir_lib.params_sha256(_saved_params(source, 4))
+    assert record["arrays"] == {"restored": 6, "reinitialized": 0, "absent": 0}
+    from research import reproduce
+
+    assert reproduce.initialized_from(str(tmp_path / "tuned")) == f"{source}@4"
+    with pytest.raises(checkpoints.CheckpointError, match="has no checkpoint of step 5"):
+        trainer.setup(config, str(tmp_path / "other"), task, init_from=f"{source}@5")
+    assert not (tmp_path / "other").exists()
