@@ -240,3 +240,65 @@ def test_process_0_writes_the_artifacts_before_the_other_processes_read_them(mon
     for thread in threads:
         thread.join(timeout=60)
     assert found == {0: None, 1: "learned from the data"}
+
+
+def _slurm_job_id_with_a_free_port() -> int:
+    """A job id whose coordinator port (JAX: 61440 + job id % 4096) nobody listens on."""
+    for job_id in range(int(time.time()) % 4096, 4096 * 3):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", 61440 + job_id % 4096))
+            except OSError:
+                continue
+            return job_id
+    raise AssertionError("no free port in 61440..65535")
+
+
+def test_two_slurm_tasks_with_distributed_match_one_process_with_four_devices(data_dir, tmp_path):
+    """As `srun --ntasks=2 python launch.py --distributed` starts them: each process knows only
+    SLURM's environment (job id, node list, task count, its rank); JAX finds the coordinator
+    (the first node, a port derived from the job id) from it."""
+    overrides = {**OVERRIDES, "num_train_steps": 10, "checkpoint_every_steps": 10}
+    overrides["eval_every_steps"] = 10
+    single = helpers.run_command(_command(tmp_path / "single", data_dir, overrides), devices=4)
+    assert single.returncode == 0, single.stderr[-3000:]
+    job_id = str(_slurm_job_id_with_a_free_port())
+    processes = []
+    for rank in range(2):
+        environment = subprocess_environment(device_count=2)
+        environment.update(
+            SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+            SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+        )  # fmt: skip
+        log_path = f"{tmp_path / 'multi'}.process{rank}.log"
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                _command(tmp_path / "multi", data_dir, overrides, "--distributed"),
+                stdout=log, stderr=subprocess.STDOUT, text=True, env=environment, cwd=REPO_ROOT,
+            )  # fmt: skip
+        process.log_path = log_path
+        processes.append(process)
+    for process, output in zip(processes, _wait_for_all(processes), strict=True):
+        assert process.returncode == 0, output[-3000:]
+    record = workdir_lib.read_run(str(tmp_path / "multi"))
+    assert record["devices"]["process_count"] == 2 and record["mesh"] == {"data": 4, "fsdp": 1}
+    one = workdir_lib.read_metrics(tmp_path / "single")
+    two = workdir_lib.read_metrics(tmp_path / "multi")
+    assert [(r["step"], r["split"]) for r in two] == [(r["step"], r["split"]) for r in one]
+    for record_two, record_one in zip(two, one, strict=True):
+        assert record_two["loss"] == pytest.approx(record_one["loss"], rel=1e-5)
+
+
+def test_the_readme_sbatch_script_is_valid_bash(tmp_path):
+    readme = pathlib.Path(REPO_ROOT, "README.md").read_text()
+    scripts = [
+        block.split("```", 1)[0]
+        for block in readme.split("```bash\n")[1:]
+        if block.startswith("#!/bin/bash\n#SBATCH")
+    ]
+    assert len(scripts) == 1
+    path = tmp_path / "job.sbatch"
+    path.write_text(scripts[0])
+    checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "--distributed" in scripts[0] and "srun" in scripts[0]
