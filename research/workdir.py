@@ -162,6 +162,10 @@ def holds_run(workdir: str) -> bool:
     return any(os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES + RUN_FOLDERS)
 
 
+# How a run is laid out on devices, not what it computes: a run resumes on another mesh.
+LAYOUT_KEYS = ("mesh",)
+
+
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir that holds a run of a different config (that run is left untouched).
 
@@ -178,7 +182,7 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
     missing = object()
     changed = sorted(
         key
-        for key in set(recorded) | set(current)
+        for key in (set(recorded) | set(current)) - set(LAYOUT_KEYS)
         if recorded.get(key, defaults.get(key, missing))
         != current.get(key, defaults.get(key, missing))
     )

@@ -89,7 +89,7 @@ def test_four_devices_at_the_default_logging_cadence_finish_like_one(data_dir, t
 
 
 SCAN_FLAGS = [
-    "--config.split=simple", "--config.num_train_steps=100", "--config.batch_size=32",
+    "--config.num_train_steps=100", "--config.batch_size=32",
     "--config.eval_batch_size=512", "--config.log_every_steps=25",
     "--config.eval_every_steps=100", "--config.checkpoint_every_steps=100",
     "--config.decode.max_length=8",  # evaluation is not what this test measures
@@ -98,7 +98,7 @@ SCAN_FLAGS = [
 
 def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
     """SCAN Transformer, fsdp=4 on 4 devices: each device holds at most 0.3 of the train
-    state, and 100 steps give the losses of one device."""
+    state, and 100 steps give the losses of one device (to 5e-5: see below)."""
     data_flag = f"--config.data_dir={tmp_path / 'scan'}"
     _launch(tmp_path / "one", SCAN_CONFIG, data_flag, *SCAN_FLAGS)
     _launch(tmp_path / "fsdp", SCAN_CONFIG, data_flag, *SCAN_FLAGS, "--config.mesh.fsdp=4",
@@ -107,9 +107,13 @@ def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
     assert record["mesh"] == {"data": 1, "fsdp": 4}
     assert record["state_bytes"] == _run_record(tmp_path / "one")["state_bytes"]
     assert record["state_bytes_per_device"] <= 0.3 * record["state_bytes"]
+    # The gathers and reduce-scatters sum in another order than one device: 1.5e-5 at step
+    # 100 (Intel Xeon, 2 cores, 2026-12-06).
     assert _train_losses(tmp_path / "fsdp") == pytest.approx(
-        _train_losses(tmp_path / "one"), rel=1e-5
+        _train_losses(tmp_path / "one"), rel=5e-5
     )
+    print("state_bytes_per_device / state_bytes:",
+          record["state_bytes_per_device"] / record["state_bytes"])  # fmt: skip
 
 
 def test_a_model_too_large_for_one_device_trains_when_sharded(data_dir, tmp_path):
