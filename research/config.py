@@ -284,8 +284,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.learning_rate_multipliers = ()  # ((pattern, factor), ...): factor x learning rate
     config.init = ml_collections.ConfigDict()
     config.init.reinitialize = ()  # with --init_from: initialized fresh, not restored
-    # With --init_from: fewer restored arrays than this stops the launch (another model).
-    config.init.min_restored_arrays = 1
     # "memory": splits as numpy arrays; "grain": training batches read from ArrayRecord files
     # by `input_workers` Grain processes; "auto": grain only for a split too large to load;
     # "device": the training split copied to every device, batches gathered inside the step.

@@ -362,15 +362,12 @@ def _initialize_from(
     state, report = checkpoints.restore_model_from(
         directory, state, tuple(init_config.reinitialize), step
     )
-    minimum = init_config.get("min_restored_arrays", 1)
-    if len(report.restored) < minimum:
+    if not report.restored:
         holds = ", ".join(report.unused[:6]) + (", ..." if len(report.unused) > 6 else "")
         raise checkpoints.CheckpointMismatchError(
-            f"--init_from={source} restored {len(report.restored)} of this model's arrays "
-            f"(fewer than config.init.min_restored_arrays={minimum}): its checkpoint of step "
+            f"--init_from={source} restored 0 of this model's arrays: its checkpoint of step "
             f"{report.step} holds {holds or 'no arrays of this model'}; pass a run of this "
-            "architecture, or lower config.init.min_restored_arrays for a deliberate partial "
-            "restore."
+            "architecture."
         )
     logging.info(
         "Initialized from %s at step %d: restored %d arrays (%s); initialized fresh by "
