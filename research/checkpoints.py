@@ -257,7 +257,7 @@ def restore_model_from(
         expected = expected_shapes(wanted)
         report, fresh = InitializedFrom(step, [], [], [], []), set()
         for path, shape in expected.items():
-            name = _shown(path)
+            name = shown_name(path)
             if parameters.matches(reinitialize, _within_collection(path)):
                 report.reinitialized.append(name)
                 fresh.add(path)
@@ -273,7 +273,7 @@ def restore_model_from(
                 )
             else:
                 report.restored.append(name)
-        report.unused = [_shown(path) for path in saved if path not in expected]
+        report.unused = [shown_name(path) for path in saved if path not in expected]
         everywhere = parallel.replicated_on_all_devices()
         abstract = jax.tree.map(
             lambda metadata: jax.ShapeDtypeStruct(
@@ -310,7 +310,7 @@ def _within_collection(path: str) -> str:
     return "/".join(parts[1:] if parts[0] == "params" else parts[2:])
 
 
-def _shown(path: str) -> str:
+def shown_name(path: str) -> str:
     """What the log shows: 'Dense_1/kernel', 'batch_stats/BatchNorm_0/mean'."""
     return path.split("/", 1)[1]
 

@@ -381,8 +381,9 @@ def _initialize_from(
         )
     if report.unused:
         logging.info("Not used from %s: %s.", other_workdir, ", ".join(report.unused))
-    sizes = checkpoints.expected_shapes({"params": state.params, "model_state": state.model_state})
-    count = lambda names: int(sum(_size(sizes, name) for name in names))
+    shapes = checkpoints.expected_shapes({"params": state.params, "model_state": state.model_state})
+    sizes = {checkpoints.shown_name(path): int(np.prod(shape)) for path, shape in shapes.items()}
+    count = lambda names: sum(sizes[name] for name in names)
     record = {"workdir": os.path.abspath(other_workdir), "step": report.step}
     record["params_sha256"] = report.params_sha256
     record["arrays"] = {
@@ -396,12 +397,6 @@ def _initialize_from(
         "absent": count(report.absent),
     }
     return state, {**record, "reinitialized": report.reinitialized, "absent": report.absent}
-
-
-def _size(shapes: dict, shown_name: str) -> int:
-    """Elements of the array the log names `shown_name` (its path within its collection)."""
-    shape = next(shape for path, shape in shapes.items() if path.split("/", 1)[1] == shown_name)
-    return int(np.prod(shape))
 
 
 def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:

@@ -177,3 +177,18 @@ def launch(*arguments: str, devices: int = 1, environment=None, timeout: int = 3
 def run_module(module: str, *arguments: str, devices: int = 1, timeout: int = 300):
     """`python -m MODULE ARGUMENTS` (a test runner such as tests.fault_runner)."""
     return run_command([sys.executable, "-m", module, *arguments], devices, timeout=timeout)
+
+
+def train_and_export(tmp_path_factory, runs: dict, configs_dir: str, **settings) -> dict:
+    """Per task of `runs` ({task: (config path, overrides)}): a tiny run trained and exported,
+    as (config, root) with the run in `root / "run"` and the model in `root / "model"`."""
+    from research import export
+
+    results = {}
+    for task_name, (path, overrides) in runs.items():
+        root = tmp_path_factory.mktemp(task_name)
+        config = load_config(os.path.join(configs_dir, path), **settings, **overrides)
+        run_experiment(config, root / "run")
+        export.export_run(str(root / "run"), str(root / "model"))
+        results[task_name] = (config, root)
+    return results

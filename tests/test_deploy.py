@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from research import data, evaluation, export, inference, parallel, predict, steps
-from tests.helpers import REPO_ROOT, load_config, run_experiment
+from tests import helpers
+from tests.helpers import REPO_ROOT
 
 CONFIGS = os.path.join(REPO_ROOT, "experiments")
 TINY = {"num_train_steps": 8, "eval_every_steps": 8, "log_every_steps": 4}
@@ -74,14 +75,11 @@ for job in jobs:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_dir):
     """Per task: (config, run dir, model dir, test arrays, the trainer's test predictions)."""
-    results = {}
-    for task_name, (path, overrides) in RUNS.items():
-        root = tmp_path_factory.mktemp(task_name)
-        config = load_config(os.path.join(CONFIGS, path), **TINY, **overrides, data_dir=data_dir)
-        run_experiment(config, root / "run")
-        export.export_run(str(root / "run"), str(root / "model"))
-        results[task_name] = (config, root, *_trainer_predictions(str(root / "run")))
-    return results
+    trained = helpers.train_and_export(tmp_path_factory, RUNS, CONFIGS, **TINY, data_dir=data_dir)
+    return {
+        task_name: (config, root, *_trainer_predictions(str(root / "run")))
+        for task_name, (config, root) in trained.items()
+    }
 
 
 def _trainer_predictions(workdir):

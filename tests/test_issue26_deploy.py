@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config, run_experiment, run_module, subprocess_environment
 
 from research import export, inference, serve
+from tests import helpers
+from tests.helpers import REPO_ROOT, run_module, subprocess_environment
 
 CONFIGS = os.path.join(REPO_ROOT, "experiments")
 TINY = {"num_train_steps": 4, "eval_every_steps": 4, "log_every_steps": 4}
@@ -45,14 +46,11 @@ RUNS = {
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, data_dir):
     """Per task: (config, run dir, exported model dir), each a tiny run."""
-    results = {}
-    for task_name, (path, overrides) in RUNS.items():
-        root = tmp_path_factory.mktemp(task_name)
-        config = load_config(os.path.join(CONFIGS, path), **TINY, **overrides, data_dir=data_dir)
-        run_experiment(config, root / "run")
-        export.export_run(str(root / "run"), str(root / "model"))
-        results[task_name] = (config, root / "run", root / "model")
-    return results
+    trained = helpers.train_and_export(tmp_path_factory, RUNS, CONFIGS, **TINY, data_dir=data_dir)
+    return {
+        task_name: (config, root / "run", root / "model")
+        for task_name, (config, root) in trained.items()
+    }
 
 
 def _signals(config, count: int) -> np.ndarray:

@@ -4,6 +4,7 @@ data parallelism (FSDP), and checkpoints restored onto another mesh."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from research import workdir as workdir_lib
@@ -45,8 +46,8 @@ def _run_record(workdir) -> dict:
 
 def test_dropout_masks_do_not_depend_on_the_device_count(data_dir, tmp_path):
     """The MNIST-1D MLP with dropout 0.5, launched as a user does on 1, 2, 4 and 8 devices:
-    every step's loss agrees to 1e-5 and the test accuracy is the same. Dropout masks drawn
-    per device (the pmap way) differ at once, by about 1e-2."""
+    every step's loss agrees to 1e-5 and the test accuracy is the same, which masks drawn
+    per device (the pmap way: another mask on each device count) cannot give."""
     flags = [f"--config.data_dir={data_dir}", "--config.batch_size=128"]
     flags += ["--config.eval_batch_size=512"]
     flags += ["--config.num_train_steps=40", "--config.log_every_steps=1"]
@@ -108,29 +109,31 @@ def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
     assert record["state_bytes"] == _run_record(tmp_path / "one")["state_bytes"]
     assert record["state_bytes_per_device"] <= 0.3 * record["state_bytes"]
     # The gathers and reduce-scatters sum in another order than one device: 1.5e-5 at step
-    # 100 (Intel Xeon, 2 cores, 2026-12-06).
+    # 100 (AMD EPYC, 2 cores, 2026-12-06).
     assert _train_losses(tmp_path / "fsdp") == pytest.approx(
         _train_losses(tmp_path / "one"), rel=5e-5
     )
-    print("state_bytes_per_device / state_bytes:",
-          record["state_bytes_per_device"] / record["state_bytes"])  # fmt: skip
+
+
+# A device's memory in the test below: the MLP's train state (parameters and Adam's two
+# moments, about 26 MB in float32) does not fit it.
+DEVICE_BUDGET_BYTES = 16 * 2**20
 
 
 def test_a_model_too_large_for_one_device_trains_when_sharded(data_dir, tmp_path):
-    """An MLP whose state (about 40 MB) is twice a per-device budget of half of it: the
-    replicated layout holds all of it on each device, fsdp=4 holds under a third, and the
-    sharded run trains (finite losses, a checkpoint written)."""
+    """An MLP whose train state exceeds DEVICE_BUDGET_BYTES, so no device could hold it
+    replicated (data parallelism), trains with fsdp=4: every device's shards fit the budget,
+    the losses are finite and a checkpoint is written."""
     flags = [f"--config.data_dir={data_dir}", "--config.model.hidden_sizes=(2048, 1024)"]
     flags += ["--config.num_train_steps=4", "--config.log_every_steps=2"]
     flags += ["--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"]
     _launch(tmp_path / "sharded", MLP_CONFIG, *flags, "--config.mesh.fsdp=4", devices=4)
     record = _run_record(tmp_path / "sharded")
-    budget = record["state_bytes"] // 2
-    assert record["state_bytes"] > budget  # replicated, every device would hold all of it
-    assert record["state_bytes_per_device"] <= budget
+    assert record["state_bytes"] > DEVICE_BUDGET_BYTES  # replicated, it would not fit
+    assert record["state_bytes_per_device"] <= DEVICE_BUDGET_BYTES
     assert record["state_bytes_per_device"] < 0.3 * record["state_bytes"]
     losses = _train_losses(tmp_path / "sharded")
-    assert len(losses) == 2 and all(loss == loss for loss in losses)
+    assert len(losses) == 2 and all(np.isfinite(losses))
     assert os.listdir(tmp_path / "sharded" / workdir_lib.CHECKPOINT_DIR)
 
 
@@ -144,18 +147,24 @@ def test_a_run_killed_on_4_devices_resumes_on_another_mesh(
 ):
     """Killed (kill -9) after the step-15 checkpoint on 4 devices, finished on another mesh:
     the final train loss of the uninterrupted 4-device run, within 1e-5."""
-    overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
-    died = helpers.run_module(
-        "tests.fault_runner", CNN_CONFIG, json.dumps(overrides), data_dir,
-        str(tmp_path / "run"), "kill_in_training", "20", devices=4,
-    )  # fmt: skip
-    assert died.returncode == 137, died.stderr[-2000:]
-    saved = os.listdir(tmp_path / "run" / workdir_lib.CHECKPOINT_DIR)
-    assert "15" in saved and "30" not in saved
-    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    flags = _killed_on_4_devices(tmp_path / "run", data_dir)
     _launch(tmp_path / "run", CNN_CONFIG, *flags, *resume_flags, devices=resume_devices)
     resumed = _summary(tmp_path / "run")["train"]["loss"]
     assert resumed == pytest.approx(uninterrupted_on_4_devices["train"]["loss"], rel=1e-5)
+
+
+def _killed_on_4_devices(workdir, data_dir) -> list[str]:
+    """Runs FAULT_OVERRIDES on 4 devices into `workdir`, killed (kill -9) at step 20 after the
+    step-15 checkpoint; returns the flags that launch the same run again."""
+    overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
+    died = helpers.run_module(
+        "tests.fault_runner", CNN_CONFIG, json.dumps(overrides), data_dir,
+        str(workdir), "kill_in_training", "20", devices=4,
+    )  # fmt: skip
+    assert died.returncode == 137, died.stderr[-2000:]
+    saved = os.listdir(workdir / workdir_lib.CHECKPOINT_DIR)
+    assert "15" in saved and "30" not in saved
+    return [f"--config.{key}={value}" for key, value in overrides.items()]
 
 
 FAULT_OVERRIDES = {**OVERRIDES, "num_train_steps": 30, "checkpoint_every_steps": 15}
@@ -171,13 +180,7 @@ def uninterrupted_on_4_devices(data_dir, tmp_path_factory):
 
 
 def test_the_same_mesh_resumes_bitwise(data_dir, tmp_path, uninterrupted_on_4_devices):
-    overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
-    died = helpers.run_module(
-        "tests.fault_runner", CNN_CONFIG, json.dumps(overrides), data_dir,
-        str(tmp_path / "run"), "kill_in_training", "20", devices=4,
-    )  # fmt: skip
-    assert died.returncode == 137, died.stderr[-2000:]
-    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+    flags = _killed_on_4_devices(tmp_path / "run", data_dir)
     _launch(tmp_path / "run", CNN_CONFIG, *flags, devices=4)
     summary = _summary(tmp_path / "run")
     assert summary["params_sha256"] == uninterrupted_on_4_devices["params_sha256"]
