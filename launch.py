@@ -14,6 +14,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from research.errors import flag_error_sentence
+
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
@@ -70,14 +72,8 @@ def _fail(message: str) -> None:
 def _explain_config_error(error: Exception) -> str:
     """One sentence for a bad --config file or --config.<key> override."""
     message = str(error)
-    overrides = [arg.split("=")[0] for arg in sys.argv[1:] if arg.startswith("--config.")]
     if isinstance(error, AttributeError | KeyError):
-        key = message.strip("\"'")
-        flag = next((o for o in overrides if o.split(".")[-1] == key), f"--config.{key}")
-        return (
-            f"{flag} names a key the config does not have; check its spelling against "
-            "the config file, which lists every key."
-        )
+        return flag_error_sentence(error, sys.argv[1:])
     override = re.search(r"flag (--config\.[\w.]+)=", message)
     if override:
         return (
@@ -123,7 +119,8 @@ def _resolve_config_paths(argv: list[str]) -> list[str]:
 
 
 def list_configs() -> str:
-    """Every experiment config with the first line of its docstring."""
+    """Every experiment config with its description: the first paragraph of its docstring,
+    on one line (a description is never cut mid-sentence)."""
     lines = []
     for task in sorted(os.listdir(os.path.join(REPO_ROOT, "experiments"))):
         folder = os.path.join(REPO_ROOT, "experiments", task, "configs")
@@ -132,8 +129,9 @@ def list_configs() -> str:
         for name in sorted(os.listdir(folder)):
             if name.endswith(".py") and not name.startswith("_"):
                 with open(os.path.join(folder, name)) as file:
-                    docstring = file.read().split('"""')[1].strip().splitlines()[0]
-                lines.append(f"{f'experiments/{task}/configs/{name}':<62} {docstring}")
+                    paragraph = file.read().split('"""')[1].strip().split("\n\n")[0]
+                description = " ".join(line.strip() for line in paragraph.splitlines())
+                lines.append(f"{f'experiments/{task}/configs/{name}':<62} {description}")
     return "\n".join(lines)
 
 

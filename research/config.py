@@ -203,6 +203,13 @@ def check_parameter_patterns(config: ml_collections.ConfigDict, params, model_st
                     f"config.{key} holds {pattern!r}, which matches no parameter of this model "
                     f"(its parameters are {shown}); fix or remove the pattern."
                 )
+    if patterns["frozen"] and all(
+        parameters.first_match(patterns["frozen"], name) is not None for name in names
+    ):
+        raise ConfigError(
+            f"config.frozen {patterns['frozen']!r} freezes every parameter of this model, so "
+            "nothing would train; leave at least one parameter out (for example the head)."
+        )
     for name in names:
         frozen = parameters.first_match(patterns["frozen"], name)
         claims = [f"config.frozen {frozen!r}"] if frozen is not None else []

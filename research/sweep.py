@@ -21,7 +21,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # config files import `research` and `experiments`
     sys.path.insert(0, REPO_ROOT)
 
-from research.errors import UserError  # noqa: E402 (after the path is set)
+from research.errors import UserError, flag_error_sentence  # noqa: E402 (after the path is set)
 from research.sweep_runner import (  # noqa: E402
     Owner,
     Record,
@@ -256,37 +256,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {flag_error_sentence(error, argv)}", file=sys.stderr)
         sys.exit(2)
     return remaining
-
-
-def flag_error_sentence(error: Exception, argv: list[str]) -> str:
-    """config_flags' error as one readable sentence: a misspelled --config.<key> comes as the
-    repr of a KeyError's repr (quotes and newlines escaped twice)."""
-    text = str(error)
-    for _ in range(2):  # undo the reprs
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            break
-        if not isinstance(value, str):
-            break
-        text = value
-    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
-    if suggestion:
-        wrong = suggestion.group(2)
-        given = next((a.split("=")[0] for a in argv if a.split("=")[0].endswith("." + wrong)), "")
-        name = given or f"--config.{wrong}"
-        return (
-            f"{name} is not a key of the config (did you mean {suggestion.group(1)}?); use a key "
-            "the config file sets, spelled as there."
-        )
-    if isinstance(error, KeyError | AttributeError):
-        key = text.strip("'\"")
-        given = next((a.split("=")[0] for a in argv if a.split("=")[0].endswith("." + key)), "")
-        return (
-            f"{given or '--config.' + key} is not a key of the config; use a key the config file "
-            "sets, spelled as there."
-        )
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -399,13 +399,21 @@ def _initialize_from(
     return state, {**record, "reinitialized": report.reinitialized, "absent": report.absent}
 
 
-def _print_table(split_metrics: dict[str, dict[str, float]]) -> None:
+def metrics_table(split_metrics: dict[str, dict[str, float]]) -> str:
+    """The final metrics, a row per split and a column per metric, each column as wide as its
+    longest entry so that no two run together."""
     names = sorted({name for metrics in split_metrics.values() for name in metrics})
-    lines = ["split  " + "".join(f"{name:>18}" for name in names)]
+    rows = [["split", *names]]
     for split, metrics in split_metrics.items():
-        cells = "".join(f"{metrics.get(name, float('nan')):>18.6g}" for name in names)
-        lines.append(f"{split:<7}{cells}")
-    logging.info("Final metrics:\n%s", "\n".join(lines))
+        rows.append([split, *(f"{metrics.get(name, float('nan')):.6g}" for name in names)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
 
 
 def train_and_evaluate(
@@ -494,7 +502,7 @@ def _train(run: Run) -> dict[str, Any]:
     }
     run.writer.write_summary(summary)
     run.writer.plot_learning_curves()
-    _print_table(eval_results)
+    logging.info("Final metrics:\n%s", metrics_table(eval_results))
     return summary
 
 

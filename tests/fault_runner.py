@@ -42,6 +42,13 @@ def _signal_self(*_) -> None:
 def inject(fault: str, at_step: int) -> None:
     if fault == "none":
         return
+    if fault == "tfds_mock_data":  # not a fault: tfds datasets replaced by `at_step` examples
+        import tensorflow_datasets as tfds
+
+        global _MOCK  # kept alive: a collected context manager would undo its patches
+        _MOCK = tfds.testing.mock_data(num_examples=at_step)
+        _MOCK.__enter__()
+        return
     if fault == "kill_in_training":
 
         def kill_at(train, size, seed, step, *rest):

@@ -1,6 +1,7 @@
 """Every bad config is refused with one sentence naming the key and the fix."""
 
 import json
+import pathlib
 
 import ml_collections
 import pytest
@@ -67,7 +68,11 @@ def test_good_config_passes():
 @pytest.mark.parametrize(
     "arguments, expected",
     [
-        (["--config.no_such_key=1"], "--config.no_such_key names a key the config does not have"),
+        (["--config.no_such_key=1"], "--config.no_such_key is not a key of the config; use a"),
+        (
+            ["--config.learnin_rate=0.1"],
+            "--config.learnin_rate is not a key of the config (did you mean learning_rate?)",
+        ),
         (["--config.learning_rate=abc"], "--config.learning_rate=abc is not valid"),
         (["--config.batch_size=-4"], "config.batch_size is -4 but must be a positive integer"),
         (["--config=experiments/none.py"], "config file experiments/none.py could not be loaded"),
@@ -86,6 +91,7 @@ def test_launch_refuses_bad_flags_before_writing_anything(tmp_path, arguments, e
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and expected in last_line, result.stderr[-2000:]
+    assert "\\" not in last_line  # no escaped quotes or newlines
     assert not workdir.exists() or not any(
         (workdir / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints")
     )
@@ -108,3 +114,30 @@ def test_a_run_recorded_before_a_key_existed_resumes_and_a_changed_key_is_refuse
     with pytest.raises(workdir_lib.WorkdirError) as error:
         workdir_lib.check_config_matches(str(tmp_path), changed)
     assert "(keys differ: train_order)" in str(error.value)
+
+
+def test_list_shows_each_config_description_whole():
+    """`launch.py --list` prints each config's first docstring paragraph, never cut mid-way."""
+    result = helpers.run_command(helpers.launch_command("--list"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    configs = sorted(pathlib.Path(helpers.REPO_ROOT).glob("experiments/*/configs/[!_]*.py"))
+    assert len(lines) == len(configs)
+    for line, path in zip(lines, configs, strict=True):
+        name, description = line.split(maxsplit=1)
+        assert name == str(path.relative_to(helpers.REPO_ROOT))
+        paragraph = path.read_text().split('"""')[1].strip().split("\n\n")[0]
+        assert description == " ".join(part.strip() for part in paragraph.splitlines())
+        assert description.endswith((".", ")", ".)")), line
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(p) for p in pathlib.Path(helpers.REPO_ROOT).glob("experiments/*/configs/[!_]*.py")),
+)
+def test_a_300_step_trial_of_every_config_logs_more_than_once(path):
+    """`--config.num_train_steps=300` (a trial a user runs first) logs its training metrics
+    before the end as well as at it."""
+    config = helpers.load_config(path, num_train_steps=300)
+    logs = [step for step in range(1, 301) if step % config.log_every_steps == 0 or step == 300]
+    assert len(logs) >= 2, (path, config.log_every_steps)

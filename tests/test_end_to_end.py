@@ -150,3 +150,19 @@ def test_workdir_of_a_different_config_is_refused_and_left_untouched(data_dir, t
     with pytest.raises(workdir_lib.WorkdirError, match="learning_rate"):
         run_experiment(config, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_the_final_metrics_table_keeps_its_columns_apart():
+    """Names longer than a fixed column width ran into their neighbours
+    ("lossngram7_bits_per_byte"); each column is as wide as its longest entry."""
+    from research.trainer import metrics_table
+
+    table = metrics_table(
+        {"test": {"loss": 1.25, "ngram7_bits_per_byte": 1.468}, "valid_averaged": {"loss": 2.0}}
+    )
+    header, *rows = table.splitlines()
+    assert header.split() == ["split", "loss", "ngram7_bits_per_byte"]
+    assert [row.split() for row in rows] == [
+        ["test", "1.25", "1.468"],
+        ["valid_averaged", "2", "nan"],
+    ]

@@ -158,6 +158,19 @@ def test_a_pattern_that_matches_no_parameter_stops_the_launch(data_dir, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_freezing_every_parameter_is_refused_from_the_command_line(data_dir, tmp_path):
+    result = helpers.launch(
+        f"--config={MLP}", f"--workdir={tmp_path / 'run'}", f"--config.data_dir={data_dir}",
+        "--config.frozen=('Dense_.*',)",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.frozen ('Dense_.*',) freezes every parameter of this model, so nothing "
+        "would train; leave at least one parameter out (for example the head)."
+    )
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [
