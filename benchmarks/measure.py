@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks import suite
 from research import checkpoints, data, trainer
+from research import interval as interval_lib
 from research import workdir as workdir_lib
 
 # Seconds of timed work per repeat; three repeats, the best counts (the least disturbed by other
@@ -88,8 +89,16 @@ def bare_step(config, task, dataset) -> dict:
     flops /= per_call  # per training step
 
     def run_steps(count):
+        # With several devices, at most MAX_STEPS_IN_FLIGHT calls ahead of the host, as in the
+        # training loop: with more simulated devices than cores, an unbounded queue lets one
+        # device start a later call's all-reduce while another is still in an earlier one (a
+        # 40 s rendezvous abort). One device keeps the unbounded queue it was measured with.
+        in_flight = []
         for _ in range(count):
             carry["state"], outputs = compiled(carry["state"], batch, rng, *run.resident)
+            in_flight.append(outputs)
+            if len(in_flight) > interval_lib.MAX_STEPS_IN_FLIGHT and run.mesh.devices.size > 1:
+                jax.block_until_ready(in_flight.pop(0))
         jax.block_until_ready((carry["state"], outputs))
 
     return {

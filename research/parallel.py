@@ -210,12 +210,13 @@ def put_batch(tree: PyTree, mesh: Mesh, *, steps: bool = False) -> PyTree:
     as the global batch `[batch, ...]` split over every device; no data crosses hosts."""
     sharding = batch_sharding(mesh, steps=steps)
     count = process_count()
+    if count == 1:  # this process's rows are the whole batch: one transfer, no index maps
+        return jax.device_put(tree, sharding)
 
     def put_leaf(leaf):
         leaf = np.asarray(leaf)
-        rows_axis = 1 if steps else 0
         shape = list(leaf.shape)
-        shape[rows_axis] *= count
+        shape[1 if steps else 0] *= count
         return jax.make_array_from_process_local_data(sharding, leaf, tuple(shape))
 
     return jax.tree.map(put_leaf, tree)

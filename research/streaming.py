@@ -292,7 +292,9 @@ class Prefetcher:
         if self._thread is not None:
             self._stopping.set()
             self._thread.join(timeout=60)  # it ends after the batch it is making
-        self._thread = self._next = None
+        # Batches made ahead and never taken go with their queue: on a CPU their device
+        # arrays can share the memory of Grain's batches, which must be freed before exit.
+        self._thread = self._next = self._queue = self._stopping = None
 
 
 def stream(split: StreamingSplit, config, augmentation, workers: int) -> Stream:

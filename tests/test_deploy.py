@@ -1,19 +1,24 @@
 """Export, predict and serve: an exported model answers as the trainer's evaluation did."""
 
+import asyncio
 import dataclasses
 import functools
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from research import data, evaluation, export, inference, parallel, predict, steps
+from research import data, evaluation, export, inference, parallel, predict, serve, steps
 from tests import helpers
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, run_module, subprocess_environment
 
 CONFIGS = os.path.join(REPO_ROOT, "experiments")
 TINY = {"num_train_steps": 8, "eval_every_steps": 8, "log_every_steps": 4}
@@ -334,12 +339,10 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
         server.wait()
 
 
-def test_server_answers_413_for_more_instances_than_its_queue_holds_or_large_bodies(exported):
-    import asyncio
-
+def test_server_answers_413_for_more_instances_than_its_queue_or_large_bodies_and_400_for_none(
+    exported,
+):
     from aiohttp.test_utils import TestClient, TestServer
-
-    from research import serve
 
     _, root, _, _ = exported["regression"]
     predictor = inference.Predictor(str(root / "model"))
@@ -350,7 +353,13 @@ def test_server_answers_413_for_more_instances_than_its_queue_holds_or_large_bod
             three = {"instances": [[0.0] * 10] * 3}  # never fits: 413, not 503 "retry"
             response = await client.post("/v1/predict", json=three)
             assert response.status == 413, await response.text()
-            assert "queues at most 2 (--max_queue)" in (await response.json())["error"]
+            assert (await response.json())["error"] == (
+                "The request has 3 instances but this server queues at most 2 (--max_queue); "
+                "send at most 2 per request."
+            )
+            response = await client.post("/v1/predict", json={"instances": []})
+            assert response.status == 400
+            assert "instances list is empty" in (await response.json())["error"]
             two = {"instances": [[0.0] * 10] * 2}
             response = await client.post("/v1/predict", json=two)
             assert response.status == 200
@@ -367,3 +376,159 @@ def test_server_answers_413_for_more_instances_than_its_queue_holds_or_large_bod
             assert (await response.json())["params_sha256"] == predictor.signature["params_sha256"]
 
     asyncio.run(scenario())
+
+
+# Bad input on the deploy paths (export, predict, serve, report): one sentence each.
+
+
+@pytest.fixture(scope="module")
+def models(exported):
+    """Per task: (config, run dir, exported model dir) of the `exported` runs."""
+    return {
+        task: (config, root / "run", root / "model")
+        for task, (config, root, *_) in exported.items()
+    }
+
+
+def _signals(config, count: int) -> np.ndarray:
+    from experiments.image_classification.task import DATASETS
+
+    builder = DATASETS[config.dataset][0]
+    from research import data
+
+    return data.load_tfds_arrays(config.dataset, "test", config.data_dir, builder)["signal"][:count]
+
+
+def _one_line(result, *parts: str) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def test_predict_names_empty_npy_files_and_takes_the_shape_the_signature_shows(models, tmp_path):
+    config, _, model = models["image_classification"]
+    signals = _signals(config, 3)  # [3, 40], the raw test signals
+    signature = json.loads((model / "signature.json").read_text())
+    assert signature["functions"]["predict"]["inputs"][0]["shape"] == ["batch", 40, 1]
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "no_rows.npy", np.zeros((0, 40)))
+    np.save(tmp_path / "batch.npy", signals[:, :, None])  # [3, 40, 1]
+    np.save(tmp_path / "one.npy", signals[0][:, None])  # [40, 1]
+    sources = [tmp_path / name for name in ("empty.npy", "batch.npy", "no_rows.npy", "one.npy")]
+    result = run_module("research.predict", f"--model={model}", *map(str, sources))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("input") for r in records] == [str(sources[0]), None, None, None,
+                                                 str(sources[2]), None]  # fmt: skip
+    assert records[0]["error"].startswith(f"{sources[0]} cannot be read (No data left in file)")
+    assert records[4]["error"].startswith(f"{sources[2]} holds no values")
+
+    predictor = inference.Predictor(str(model))
+    expected = predictor.predict([predictor.codec.parse(row.tolist()) for row in signals])
+    answers = [records[1], records[2], records[3], records[5]]
+    assert [a["class"] for a in answers] == [e["class"] for e in expected] + [expected[0]["class"]]
+    as_signature = predictor.codec.parse(signals[0][:, None].tolist())  # JSON [40, 1]
+    assert predictor.predict([as_signature])[0]["class"] == expected[0]["class"]
+
+
+def test_translations_say_how_many_source_tokens_were_cut_or_unknown(models):
+    config, _, model = models["seq2seq"]
+    predictor = inference.Predictor(str(model))
+    long = " and ".join(["jump twice"] * 30)  # far more words than max_input_length
+    plain, cut, unknown = predictor.predict(
+        [predictor.codec.parse(text) for text in ("jump twice", long, "jump blorp twice")]
+    )
+    assert "source_tokens_cut" not in plain and "unknown_source_tokens" not in plain
+    assert cut["source_tokens_cut"] == len(long.split()) - (config.max_input_length - 1)
+    assert unknown["unknown_source_tokens"] == 1 and "source_tokens_cut" not in unknown
+
+
+def test_export_refuses_a_file_or_read_only_folder_in_one_sentence(models, tmp_path):
+    _, run, _ = models["image_classification"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    result = run_module("research.export", f"--workdir={run}", f"--out={a_file}")
+    _one_line(result, f"--out={a_file} is a file")
+    result = run_module("research.export", f"--workdir={run}", "--out=/sys/exported")
+    _one_line(result, "--out=/sys/exported cannot be written (/sys: ")
+
+
+def test_export_reads_one_fixed_step_while_the_run_rotates_its_checkpoints(
+    models, tmp_path, monkeypatch
+):
+    from research import steps
+
+    _, run, _ = models["image_classification"]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    chosen = max(int(name) for name in os.listdir(copy / "checkpoints") if name.isdigit())
+    create = steps.create_train_state
+
+    def rotate_then_create(*args, **kwargs):  # the run saves a newer one, deletes the chosen
+        shutil.copytree(copy / "checkpoints" / str(chosen), copy / "checkpoints" / "99")
+        shutil.rmtree(copy / "checkpoints" / str(chosen))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "create_train_state", rotate_then_create)
+    signature = export.export_run(str(copy), str(tmp_path / "model"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert signature["step"] == chosen
+    assert signature["params_sha256"] == summary["params_sha256"]
+
+
+def test_a_damaged_model_folder_is_one_sentence(models, tmp_path):
+    _, _, model = models["image_classification"]
+    missing = tmp_path / "missing"
+    shutil.copytree(model, missing)
+    (missing / "predict.stablehlo").unlink()
+    result = run_module("research.predict", f"--model={missing}", "-")
+    _one_line(result, f"{missing} is not a complete exported model (predict.stablehlo is missing)")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model, damaged)
+    text = (damaged / "signature.json").read_text()
+    (damaged / "signature.json").write_text(text[: len(text) // 2])
+    result = run_module("research.predict", f"--model={damaged}", "-")
+    _one_line(result, f"{damaged / 'signature.json'} is damaged (not JSON")
+
+
+def test_report_out_on_a_file_is_one_sentence(models, tmp_path):
+    _, run, _ = models["image_classification"]
+    a_file = tmp_path / "report.html"
+    a_file.write_text("x")
+    result = run_module("research.report", str(run), f"--out={a_file}")
+    _one_line(result, f"--out={a_file} is a file")
+
+
+def test_server_refuses_a_bad_or_busy_port_and_stops_cleanly_on_ctrl_c_at_start(models):
+    _, _, model = models["image_classification"]
+    result = run_module("research.serve", f"--model={model}", "--port=70000")
+    _one_line(result, "--port=70000 is not a TCP port; pass one from 1 to 65535.")
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_module("research.serve", f"--model={model}", f"--port={port}")
+    line = _one_line(result, f"cannot listen on 127.0.0.1:{port} (")
+    assert line.endswith("stop what uses that port or pass another --port.")
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "research.serve", f"--model={model}", f"--port={_free_port()}"],
+        cwd=REPO_ROOT, env=subprocess_environment(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout.readline().startswith("Loading the model")
+        time.sleep(0.5)  # loading or compiling
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 1 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "Stopped before the server started listening."
