@@ -11,7 +11,7 @@ import sys
 import jax
 import orbax.checkpoint as ocp
 
-from research import data, preemption
+from research import checkpoints, data, preemption
 from research import workdir as workdir_lib
 from tests.helpers import load_config, run_experiment
 
@@ -56,6 +56,14 @@ def inject(fault: str, at_step: int) -> None:
                 _die()
 
         _wrap(data, "train_batch", before=kill_at)
+    elif fault == "kill_after_checkpoint":  # once the checkpoint of `at_step` is complete
+
+        def kill_once_written(checkpointer, step, *args, **kwargs):
+            if step == at_step:
+                checkpointer.wait()
+                _die()
+
+        _wrap(checkpoints.Checkpointer, "save", after=kill_once_written)
     elif fault == "kill_in_checkpoint_write":
 
         def kill_after_save_starts(manager, step, *args, **kwargs):

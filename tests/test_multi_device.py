@@ -179,12 +179,12 @@ def test_a_run_killed_on_4_devices_resumes_on_another_mesh(
 
 
 def _killed_on_4_devices(workdir, data_dir) -> list[str]:
-    """Runs FAULT_OVERRIDES on 4 devices into `workdir`, killed (kill -9) at step 20 after the
-    step-15 checkpoint; returns the flags that launch the same run again."""
+    """Runs FAULT_OVERRIDES on 4 devices into `workdir`, killed (kill -9) as soon as the
+    step-15 checkpoint is written; returns the flags that launch the same run again."""
     overrides = {**FAULT_OVERRIDES, "data_dir": data_dir}
     died = helpers.run_module(
         "tests.fault_runner", CNN_CONFIG, json.dumps(overrides), data_dir,
-        str(workdir), "kill_in_training", "20", devices=4,
+        str(workdir), "kill_after_checkpoint", "15", devices=4,
     )  # fmt: skip
     assert died.returncode == 137, died.stderr[-2000:]
     saved = os.listdir(workdir / workdir_lib.CHECKPOINT_DIR)
