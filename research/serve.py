@@ -10,6 +10,7 @@ import asyncio
 import json
 import signal
 import tempfile
+import threading
 import time
 
 from absl import app, flags, logging
@@ -19,6 +20,21 @@ from research import export, inference, predict
 from research.errors import UserError
 
 FLAGS = flags.FLAGS
+
+
+# Set by Ctrl-C before the server listens. A KeyboardInterrupt raised inside a callback that
+# Python ignores (a garbage-collection hook, say) would otherwise be lost.
+_interrupted = threading.Event()
+
+
+def _on_interrupt(signal_number, frame) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def _stop_if_interrupted() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 class QueueFullError(Exception):
@@ -172,6 +188,11 @@ async def _serve(application: web.Application, host: str, port: int, timeout_s: 
     """Serves until SIGTERM or SIGINT, then stops listening, answers the requests in flight
     (also those whose body is still arriving, which aiohttp's own shutdown would drop) for
     at most `timeout_s`, and returns."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    _stop_if_interrupted()
     runner = web.AppRunner(application, access_log=None, shutdown_timeout=timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -184,10 +205,6 @@ async def _serve(application: web.Application, host: str, port: int, timeout_s: 
             "port or pass another --port."
         ) from None
     print(f"Serving on http://{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, stop.set)
     await stop.wait()
     requests = application["requests"]
     requests.stopping = True
@@ -216,6 +233,7 @@ def main(argv) -> None:
     del argv
     if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
         export.quiet_logs()
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         check_flags()
         print("Loading the model and compiling its batch sizes.", flush=True)
@@ -225,6 +243,7 @@ def main(argv) -> None:
             predictor.batch_sizes = sizes or (1,)
             start = time.time()
             predictor.warm_up()
+            _stop_if_interrupted()
             print(f"Compiled batch sizes {sizes} in {time.time() - start:.1f} s.", flush=True)
             application = make_app(
                 predictor,

@@ -523,8 +523,7 @@ def test_server_refuses_a_bad_or_busy_port_and_stops_cleanly_on_ctrl_c_at_start(
     )  # fmt: skip
     try:
         assert server.stdout.readline().startswith("Loading the model")
-        time.sleep(0.5)  # loading or compiling
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGINT)  # while it loads and compiles
         _, stderr = server.communicate(timeout=60)
     finally:
         if server.poll() is None:
