@@ -185,8 +185,9 @@ def main(argv: list[str]) -> None:
         _enable_compilation_cache(os.path.expanduser(FLAGS.compilation_cache_dir))
     # Import after flag parsing so XLA sees the environment the user set.
     import experiments
-    from research import parallel, preemption, reproduce, trainer
+    from research.core import trainer
     from research.errors import UserError
+    from research.runtime import parallel, preemption, reproduce
 
     try:
         init_from = FLAGS.init_from

@@ -27,8 +27,8 @@ def main() -> None:
     benchmark = suite.BY_NAME[name]
     config = suite.load_config(benchmark, quick=False)
     os.environ["XLA_FLAGS"] = config.get("xla_flags", "")  # before the backend starts
-    from research import trainer
-    from research import workdir as workdir_lib
+    from research.core import trainer
+    from research.runtime import workdir as workdir_lib
 
     config.num_train_steps, config.log_every_steps = num_steps, log_every
     config.eval_every_steps = config.checkpoint_every_steps = num_steps

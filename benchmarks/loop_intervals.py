@@ -29,8 +29,8 @@ sys.path.insert(0, REPO_ROOT)
 
 def main() -> None:
     from benchmarks import measure, run, suite
-    from research import interval as interval_lib
-    from research import trainer
+    from research.core import interval as interval_lib
+    from research.core import trainer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(suite.BY_NAME))

@@ -17,9 +17,10 @@ import jax
 import numpy as np
 
 from benchmarks import suite
-from research import checkpoints, data, trainer
-from research import interval as interval_lib
-from research import workdir as workdir_lib
+from research.core import data, trainer
+from research.core import interval as interval_lib
+from research.runtime import checkpoints
+from research.runtime import workdir as workdir_lib
 
 # Seconds of timed work per repeat; three repeats, the best counts (the least disturbed by other
 # processes on a shared machine).

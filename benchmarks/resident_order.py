@@ -31,7 +31,7 @@ def hash_cost() -> None:
     import jax
     import jax.numpy as jnp
 
-    from research import data
+    from research.core import data
 
     for n, count in ((353, 3200), (513, 3200), (353, 32000)):
         draw = jax.jit(functools.partial(data.hash_permutation, 0, num_examples=n))
@@ -52,7 +52,7 @@ def main() -> None:
         return hash_cost()
     num_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     from benchmarks import measure, suite
-    from research import data, trainer
+    from research.core import data, trainer
 
     benchmark = suite.BY_NAME["regression_mlp_resident"]
     config = suite.load_config(benchmark, quick=False)

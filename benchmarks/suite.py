@@ -8,8 +8,8 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from research import data
-from research.task import Task
+from research.core import data
+from research.core.task import Task
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO_ROOT, "experiments")

@@ -17,7 +17,7 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from research import workdir as workdir_lib  # noqa: E402 (after the path is set)
+from research.runtime import workdir as workdir_lib  # noqa: E402 after the path is set
 
 
 def time_to_target(

@@ -2,7 +2,7 @@
 
 Each twin has the architecture, parameter shapes, dropout and float32 dtype of the Flax
 model, and the optimizer, schedule, weight-decay mask and gradient clipping of
-`research.optimizers.create_optimizer`, so a step does the same arithmetic in PyTorch's
+`research.core.optimizers.create_optimizer`, so a step does the same arithmetic in PyTorch's
 idiomatic form (NCHW convolutions, `nn.Transformer`).
 """
 
@@ -177,7 +177,7 @@ class Transformer(nn.Module):
 
 
 def create_optimizer(model: nn.Module, config: ml_collections.ConfigDict):
-    """(optimizer, scheduler) as `research.optimizers.create_optimizer` builds them with optax.
+    """(optimizer, scheduler) as `research.core.optimizers.create_optimizer` builds them with optax.
 
     Weight decay applies to tensors of two or more dimensions only (the `_is_matrix` mask):
     coupled (added to the gradient) for SGD-family optimizers, decoupled for adamw.
@@ -254,7 +254,7 @@ def _tensors(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]) ->
 
 
 def _loss(config: ml_collections.ConfigDict, model: nn.Module, batch: dict) -> torch.Tensor:
-    """The task's training loss: the weighted mean over the batch, as `research.steps`."""
+    """The task's training loss: the weighted mean over the batch, as `research.core.steps`."""
     if config.task == "regression":
         return F.mse_loss(model(batch["features"]), batch["target"])
     if config.task == "image_classification":

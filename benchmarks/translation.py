@@ -29,8 +29,9 @@ import jax  # noqa: E402 (after the path is set)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from research import checkpoints, data, evaluation, optimizers, parallel, steps, trainer  # noqa: E402
-from research import workdir as workdir_lib  # noqa: E402
+from research.core import data, evaluation, optimizers, steps, trainer  # noqa: E402
+from research.runtime import checkpoints, parallel  # noqa: E402
+from research.runtime import workdir as workdir_lib  # noqa: E402
 
 
 def load_run(workdir: str, overrides: dict):

@@ -7,8 +7,8 @@ import importlib
 
 import ml_collections
 
-from research.config import ConfigError
-from research.task import Task
+from research.core.config import ConfigError
+from research.core.task import Task
 
 TASKS = ("regression", "image_classification", "seq2seq", "language_modeling")
 

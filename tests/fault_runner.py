@@ -11,8 +11,9 @@ import sys
 import jax
 import orbax.checkpoint as ocp
 
-from research import checkpoints, data, preemption
-from research import workdir as workdir_lib
+from research.core import data
+from research.runtime import checkpoints, preemption
+from research.runtime import workdir as workdir_lib
 from tests.helpers import load_config, run_experiment
 
 

@@ -34,7 +34,7 @@ def load_config(config_path: str, **overrides) -> ml_collections.ConfigDict:
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains in this process (one CPU device) and returns the summary."""
     import experiments
-    from research import trainer
+    from research.core import trainer
 
     return trainer.train_and_evaluate(config, str(workdir), experiments.get_task(config))
 
@@ -51,7 +51,7 @@ def check_golden(name: str, workdir) -> None:
 
     After an intended change of results: `REGENERATE_GOLDENS=1 .venv/bin/python -m pytest`.
     """
-    from research import workdir as workdir_lib
+    from research.runtime import workdir as workdir_lib
 
     curve = [
         {k: r[k] for k in ("step", "split", *GOLDEN_METRICS) if k in r}
@@ -182,7 +182,7 @@ def run_module(module: str, *arguments: str, devices: int = 1, timeout: int = 30
 def train_and_export(tmp_path_factory, runs: dict, configs_dir: str, **settings) -> dict:
     """Per task of `runs` ({task: (config path, overrides)}): a tiny run trained and exported,
     as (config, root) with the run in `root / "run"` and the model in `root / "model"`."""
-    from research import export
+    from research.deploy import export
 
     results = {}
     for task_name, (path, overrides) in runs.items():

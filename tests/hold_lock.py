@@ -6,7 +6,7 @@ python -m tests.hold_lock WORKDIR
 import sys
 import time
 
-from research import workdir
+from research.runtime import workdir
 
 if __name__ == "__main__":
     lock = workdir.Lock(sys.argv[1])

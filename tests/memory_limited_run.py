@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments.image_classification import task as image_task
-from research import data, trainer
+from research.core import data, trainer
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 SHAPE = (128, 128, 3)

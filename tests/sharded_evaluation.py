@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 import experiments
-from research import evaluation, optimizers, parallel, steps
+from research.core import evaluation, optimizers, steps
+from research.runtime import parallel
 from tests.helpers import load_config
 
 

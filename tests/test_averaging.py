@@ -5,8 +5,8 @@ import os
 import jax
 import numpy as np
 
-from research import checkpoints
-from research import workdir as workdir_lib
+from research.runtime import checkpoints
+from research.runtime import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/regression/configs/diabetes_mlp.py")
@@ -43,7 +43,7 @@ def test_averaged_parameters_are_the_mean_of_the_last_checkpoints(tmp_path):
 def _like(config, workdir):
     """A train state of the config's model, to give restored checkpoints their structure."""
     from experiments.regression import task as regression
-    from research import optimizers, steps
+    from research.core import optimizers, steps
 
     task = regression.get_task(config)
     dataset = task.load_data(str(workdir / "unused"))

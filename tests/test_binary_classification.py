@@ -17,8 +17,8 @@ from sklearn.model_selection import train_test_split
 import experiments
 from experiments.image_classification import multi_label
 from experiments.regression import logistic
-from research import binary_metrics, data
-from research.config import ConfigError
+from research.core import binary_metrics, data
+from research.core.config import ConfigError
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 BREAST_CANCER_CONFIG = os.path.join(

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from research import data, evaluation, parallel, steps
-from research.task import Task
+from research.core import data, evaluation, steps
+from research.core.task import Task
+from research.runtime import parallel
 
 NUM_EXAMPLES, WIDTH = 300, 32
 BOUNDARIES = (8, 16, 24)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, load_config, subprocess_environment
 
-from research import report, sweep, sweep_runner
+from research.compare import report, sweep, sweep_runner
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/regression/configs/linear_synthetic.py")
 GRID = "learning_rate=0.05,0.1 seed=0,1"
@@ -23,7 +23,7 @@ def sweep_command(root, data_dir, *extra) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "research.sweep",
+        "research.compare.sweep",
         f"--config={CONFIG}",
         f"--root={root}",
         f"--grid={GRID}",
@@ -76,7 +76,7 @@ def test_bad_grid_stops_the_command_before_anything_is_written(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "research.sweep",
+        "research.compare.sweep",
         f"--config={CONFIG}",
         f"--root={root}",
         "--grid=learning_rate=0.1 seed=zero",

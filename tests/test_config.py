@@ -6,8 +6,8 @@ import pathlib
 import ml_collections
 import pytest
 
-from research import config as config_lib
-from research import workdir as workdir_lib
+from research.core import config as config_lib
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 
 GOOD = config_lib.base_config()

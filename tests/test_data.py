@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import data
+from research.core import data
 
 
 def test_training_order_is_a_pure_function_of_seed_and_step():
@@ -95,7 +95,7 @@ def test_decoded_splits_are_read_back_without_tensorflow_and_decoded_again_when_
     data_dir = str(tmp_path)
     first = data.load_tfds_arrays("mnist1d", "train", data_dir, datasets.Mnist1d)
     script = (
-        "import sys; from research import data; "
+        "import sys; from research.core import data; "
         "from experiments.image_classification import datasets; "
         f"a = data.load_tfds_arrays('mnist1d', 'train', {data_dir!r}, datasets.Mnist1d); "
         "print(data.fingerprint(data.Dataset(a, {}, {})), 'tensorflow' in sys.modules)"

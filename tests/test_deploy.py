@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from research import data, evaluation, export, inference, parallel, predict, serve, steps
+from research.core import data, evaluation, steps
+from research.deploy import export, inference, predict, serve
+from research.runtime import parallel
 from tests import helpers
 from tests.helpers import REPO_ROOT, run_module, subprocess_environment
 
@@ -247,7 +249,6 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
 ):
     import signal
     import threading
-    import time
     import urllib.request
 
     config, root, _, _ = exported["image_classification"]
@@ -256,8 +257,9 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
     expected = predictor.predict([predictor.codec.parse(s.tolist()) for s in signals])
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "research.serve", f"--model={root / 'model'}", f"--port={port}",
-         "--max_queue=20000", f"--max_request_bytes={2**24}"],  # the large requests below
+        [sys.executable, "-m", "research.deploy.serve", f"--model={root / 'model'}",
+         f"--port={port}", "--max_queue=20000",
+         f"--max_request_bytes={2**24}"],  # the large requests below
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -394,7 +396,7 @@ def _signals(config, count: int) -> np.ndarray:
     from experiments.image_classification.task import DATASETS
 
     builder = DATASETS[config.dataset][0]
-    from research import data
+    from research.core import data
 
     return data.load_tfds_arrays(config.dataset, "test", config.data_dir, builder)["signal"][:count]
 
@@ -419,7 +421,7 @@ def test_predict_names_empty_npy_files_and_takes_the_shape_the_signature_shows(m
     np.save(tmp_path / "batch.npy", signals[:, :, None])  # [3, 40, 1]
     np.save(tmp_path / "one.npy", signals[0][:, None])  # [40, 1]
     sources = [tmp_path / name for name in ("empty.npy", "batch.npy", "no_rows.npy", "one.npy")]
-    result = run_module("research.predict", f"--model={model}", *map(str, sources))
+    result = run_module("research.deploy.predict", f"--model={model}", *map(str, sources))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("input") for r in records] == [str(sources[0]), None, None, None,
@@ -451,16 +453,16 @@ def test_export_refuses_a_file_or_read_only_folder_in_one_sentence(models, tmp_p
     _, run, _ = models["image_classification"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    result = run_module("research.export", f"--workdir={run}", f"--out={a_file}")
+    result = run_module("research.deploy.export", f"--workdir={run}", f"--out={a_file}")
     _one_line(result, f"--out={a_file} is a file")
-    result = run_module("research.export", f"--workdir={run}", "--out=/sys/exported")
+    result = run_module("research.deploy.export", f"--workdir={run}", "--out=/sys/exported")
     _one_line(result, "--out=/sys/exported cannot be written (/sys: ")
 
 
 def test_export_reads_one_fixed_step_while_the_run_rotates_its_checkpoints(
     models, tmp_path, monkeypatch
 ):
-    from research import steps
+    from research.core import steps
 
     _, run, _ = models["image_classification"]
     copy = tmp_path / "run"
@@ -485,13 +487,13 @@ def test_a_damaged_model_folder_is_one_sentence(models, tmp_path):
     missing = tmp_path / "missing"
     shutil.copytree(model, missing)
     (missing / "predict.stablehlo").unlink()
-    result = run_module("research.predict", f"--model={missing}", "-")
+    result = run_module("research.deploy.predict", f"--model={missing}", "-")
     _one_line(result, f"{missing} is not a complete exported model (predict.stablehlo is missing)")
     damaged = tmp_path / "damaged"
     shutil.copytree(model, damaged)
     text = (damaged / "signature.json").read_text()
     (damaged / "signature.json").write_text(text[: len(text) // 2])
-    result = run_module("research.predict", f"--model={damaged}", "-")
+    result = run_module("research.deploy.predict", f"--model={damaged}", "-")
     _one_line(result, f"{damaged / 'signature.json'} is damaged (not JSON")
 
 
@@ -499,25 +501,26 @@ def test_report_out_on_a_file_is_one_sentence(models, tmp_path):
     _, run, _ = models["image_classification"]
     a_file = tmp_path / "report.html"
     a_file.write_text("x")
-    result = run_module("research.report", str(run), f"--out={a_file}")
+    result = run_module("research.compare.report", str(run), f"--out={a_file}")
     _one_line(result, f"--out={a_file} is a file")
 
 
 def test_server_refuses_a_bad_or_busy_port_and_stops_cleanly_on_ctrl_c_at_start(models):
     _, _, model = models["image_classification"]
-    result = run_module("research.serve", f"--model={model}", "--port=70000")
+    result = run_module("research.deploy.serve", f"--model={model}", "--port=70000")
     _one_line(result, "--port=70000 is not a TCP port; pass one from 1 to 65535.")
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_module("research.serve", f"--model={model}", f"--port={port}")
+        result = run_module("research.deploy.serve", f"--model={model}", f"--port={port}")
     line = _one_line(result, f"cannot listen on 127.0.0.1:{port} (")
     assert line.endswith("stop what uses that port or pass another --port.")
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "research.serve", f"--model={model}", f"--port={_free_port()}"],
+        [sys.executable, "-m", "research.deploy.serve", f"--model={model}",
+         f"--port={_free_port()}"],
         cwd=REPO_ROOT, env=subprocess_environment(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

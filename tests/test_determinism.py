@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from research import workdir as workdir_lib
+from research.runtime import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 SHORT = {"num_train_steps": 8, "warmup_steps": 2, "log_every_steps": 2, "eval_every_steps": 4}

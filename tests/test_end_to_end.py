@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from research import workdir as workdir_lib
+from research.runtime import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, check_golden, load_config, run_experiment
 
 SHORT_RUN = {
@@ -155,7 +155,7 @@ def test_workdir_of_a_different_config_is_refused_and_left_untouched(data_dir, t
 def test_the_final_metrics_table_keeps_its_columns_apart():
     """Names longer than a fixed column width ran into their neighbours
     ("lossngram7_bits_per_byte"); each column is as wide as its longest entry."""
-    from research.trainer import metrics_table
+    from research.core.trainer import metrics_table
 
     table = metrics_table(
         {"test": {"loss": 1.25, "ngram7_bits_per_byte": 1.468}, "valid_averaged": {"loss": 2.0}}

@@ -11,8 +11,9 @@ from unittest import mock
 import orbax.checkpoint as ocp
 import pytest
 
-from research import checkpoints, interval
-from research import workdir as workdir_lib
+from research.core import interval
+from research.runtime import checkpoints
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import (
     REPO_ROOT,

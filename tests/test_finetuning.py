@@ -17,10 +17,11 @@ import pytest
 import experiments
 from experiments.image_classification import multi_label
 from experiments.image_classification import task as image_task
-from research import checkpoints, optimizers, trainer
-from research import config as config_lib
-from research import workdir as workdir_lib
-from research.config import ConfigError, base_config
+from research.core import config as config_lib
+from research.core import optimizers, trainer
+from research.core.config import ConfigError, base_config
+from research.runtime import checkpoints
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
@@ -314,7 +315,7 @@ def test_init_from_a_run_of_another_model_restores_nothing_and_stops(data_dir, t
     """From the command line: an MLP launched --init_from a run of another architecture (a
     checkpoint holding an embedding and an LSTM cell) would restore 0 arrays and train from
     scratch while run.json said "initialized_from"; it stops instead."""
-    from research.steps import TrainState
+    from research.core.steps import TrainState
 
     other = TrainState(
         step=np.int32(7),
@@ -348,7 +349,7 @@ def test_init_from_at_step_reads_that_checkpoint_and_records_it(data_dir, tmp_pa
     assert record["step"] == 4 and record["workdir"] == str(source)
     assert record["params_sha256"] == workdir_lib.params_sha256(_saved_params(source, 4))
     assert record["arrays"] == {"restored": 6, "reinitialized": 0, "absent": 0}
-    from research import reproduce
+    from research.runtime import reproduce
 
     assert reproduce.initialized_from(str(tmp_path / "tuned")) == f"{source}@4"
     with pytest.raises(checkpoints.CheckpointError, match="has no checkpoint of step 5"):

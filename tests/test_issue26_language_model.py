@@ -10,7 +10,7 @@ import pytest
 from helpers import load_config, run_experiment, run_module
 from test_language_modeling import CONFIGS, SHORT_RUN, TINY_TRANSFORMER, write_text_folder
 
-from research import inference, serve
+from research.deploy import inference, serve
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def language_model(tmp_path_factory):
     )  # fmt: skip
     run_experiment(config, root / "run")
     exported = run_module(
-        "research.export", f"--workdir={root / 'run'}", f"--out={root / 'model'}",
+        "research.deploy.export", f"--workdir={root / 'run'}", f"--out={root / 'model'}",
         "--max_prompt_length=6", "--max_new_tokens=5",
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
@@ -57,7 +57,7 @@ def test_sample_and_predict_refuse_sampling_settings_out_of_range(language_model
         f"--top_k={2**31}": f"--top_k must be a whole number from 0 (every token) to {2**31 - 1}",
     }
     for flag, message in cases.items():
-        result = run_module("research.predict", f"--model={model}", flag, "-")
+        result = run_module("research.deploy.predict", f"--model={model}", flag, "-")
         _one_error_line(result, message)
 
 
@@ -91,7 +91,7 @@ def test_predict_answers_every_prompt_but_an_over_long_one_and_names_its_line(
     _, model, _ = language_model
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the\nthe dog runs in the park\na\n")
-    result = run_module("research.predict", f"--model={model}", str(prompts))
+    result = run_module("research.deploy.predict", f"--model={model}", str(prompts))
     assert result.returncode == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3

@@ -9,7 +9,7 @@ import time
 
 from helpers import REPO_ROOT, load_config, run_module, subprocess_environment
 
-from research import sweep, sweep_runner
+from research.compare import sweep, sweep_runner
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/regression/configs/linear_synthetic.py")
 # Zero steps: a point that is launched by mistake stops at once (launch refuses it).
@@ -18,7 +18,7 @@ OVERRIDES = ("--config.num_train_steps=0",)
 
 def _sweep(root, grid, *extra, timeout=120):
     return run_module(
-        "research.sweep", f"--config={CONFIG}", f"--root={root}", f"--grid={grid}",
+        "research.compare.sweep", f"--config={CONFIG}", f"--root={root}", f"--grid={grid}",
         *OVERRIDES, *extra, timeout=timeout,
     )  # fmt: skip
 
@@ -81,7 +81,7 @@ def _fake_run(workdir, config: dict, loss: float) -> None:
 
 
 def test_report_groups_seeds_only_over_equal_configs_and_refuses_a_repeated_seed(tmp_path):
-    from research import report
+    from research.compare import report
 
     mlp = {"name": "mlp", "width": 8}
     runs = {
@@ -95,7 +95,9 @@ def test_report_groups_seeds_only_over_equal_configs_and_refuses_a_repeated_seed
     assert result["groups"] == []  # no two runs are seeds of one config
 
     _fake_run(tmp_path / "runs" / "mlp_width=8_seed=0_again", {"seed": 0, "model": mlp}, 1.5)
-    answer = run_module("research.report", str(tmp_path / "runs"), f"--out={tmp_path / 'out2'}")
+    answer = run_module(
+        "research.compare.report", str(tmp_path / "runs"), f"--out={tmp_path / 'out2'}"
+    )
     assert answer.returncode == 2
     (line,) = answer.stderr.strip().splitlines()
     assert line.startswith("error: ") and "same config and seed" in line
@@ -127,7 +129,7 @@ def test_a_rerun_waits_for_a_point_still_running_and_a_second_sweep_is_refused(t
     try:
         assert orphan.stdout.readline().strip() == "locked"
         first = subprocess.Popen(
-            [sys.executable, "-m", "research.sweep", f"--config={CONFIG}", f"--root={root}",
+            [sys.executable, "-m", "research.compare.sweep", f"--config={CONFIG}", f"--root={root}",
              "--grid=learning_rate=0.1", *OVERRIDES],
             cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,

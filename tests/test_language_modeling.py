@@ -15,8 +15,9 @@ import experiments
 from experiments.language_modeling import corpora, generation, ngram, sample, task, tokenizers
 from experiments.language_modeling.models.lstm import LSTMLM
 from experiments.language_modeling.models.transformer import TransformerLM
-from research import data, export, inference, trainer
-from research import workdir as workdir_lib
+from research.core import data, trainer
+from research.deploy import export, inference
+from research.runtime import workdir as workdir_lib
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CONFIGS = os.path.join(REPO_ROOT, "experiments/language_modeling/configs")

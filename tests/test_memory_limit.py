@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from research import workdir as workdir_lib
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 
 CGROUP_ROOT = "/sys/fs/cgroup/memory"

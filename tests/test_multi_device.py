@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from research import workdir as workdir_lib
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import REPO_ROOT
 

@@ -12,8 +12,9 @@ import time
 import pytest
 
 from experiments.image_classification import datasets
-from research import parallel, trainer
-from research import workdir as workdir_lib
+from research.core import trainer
+from research.runtime import parallel
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import REPO_ROOT, launch_command, subprocess_environment
 

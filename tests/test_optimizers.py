@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from research import optimizers
-from research.config import base_config
+from research.core import optimizers
+from research.core.config import base_config
 
 
 def _config(**values):

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from research import checkpoints, trainer
-from research import workdir as workdir_lib
+from research.core import trainer
+from research.runtime import checkpoints
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import (
     REPO_ROOT,

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from research import workdir as workdir_lib
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 

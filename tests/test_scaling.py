@@ -16,9 +16,10 @@ from experiments.language_modeling.models.lstm import LSTMLM
 from experiments.language_modeling.models.transformer import TransformerLM
 from experiments.regression import models as regression_models
 from experiments.seq2seq.models import lstm, transformer
-from research import config as config_lib
-from research import parallel, precision, steps, workdir
-from research.task import Task
+from research.core import config as config_lib
+from research.core import precision, steps
+from research.core.task import Task
+from research.runtime import parallel, workdir
 from tests import helpers
 
 

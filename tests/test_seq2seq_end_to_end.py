@@ -8,8 +8,8 @@ import shutil
 import pytest
 import tensorflow_datasets as tfds
 
-from research import data
-from research import workdir as workdir_lib
+from research.core import data
+from research.runtime import workdir as workdir_lib
 from tests import helpers
 from tests.helpers import (
     REPO_ROOT,

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.image_classification import task as image_task
-from research import augmentation, data, streaming, trainer
+from research.core import augmentation, data, streaming, trainer
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 
 CIFAR_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/cifar10_resnet.py")

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from mnist1d.data import get_dataset_args, make_dataset
 from tensorflow_datasets.image_classification.mnist import FashionMNIST
 
-from research import data
+from research.core import data
 
 MNIST1D_LENGTH = 40
 MNIST1D_NUM_CLASSES = 10

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 
 from experiments.image_classification import task as single_label
-from research import binary_metrics, data
-from research.config import ConfigError
-from research.task import Task
+from research.core import binary_metrics, data
+from research.core.config import ConfigError
+from research.core.task import Task
 
 # config.labels -> (datasets it describes, {label name: the classes for which it is 1}).
 LABEL_SETS = {

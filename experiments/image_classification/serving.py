@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import data
-from research.export import ExportSpec, Function
-from research.inference import InputError
+from research.core import data
+from research.deploy.export import ExportSpec, Function
+from research.deploy.inference import InputError
 
 DIGITS = tuple(str(digit) for digit in range(10))
 CLASS_NAMES = {

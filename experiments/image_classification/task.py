@@ -18,9 +18,9 @@ import optax
 
 from experiments.image_classification import datasets
 from experiments.image_classification.models import cnn, mlp, resnet
-from research import data, precision, streaming
-from research.config import ConfigError
-from research.task import Task, model_from_config
+from research.core import data, precision, streaming
+from research.core.config import ConfigError
+from research.core.task import Task, model_from_config
 
 # dataset name -> (builder generating it locally or None, input feature, eval splits, classes)
 DATASETS = {

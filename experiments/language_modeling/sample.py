@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from experiments.language_modeling import generation, task, tokenizers
-from research import checkpoints, export, reproduce, steps
-from research import workdir as workdir_lib
+from research.core import steps
+from research.deploy import export
 from research.errors import UserError
+from research.runtime import checkpoints, reproduce
+from research.runtime import workdir as workdir_lib
 
 
 def load_run(workdir: str):

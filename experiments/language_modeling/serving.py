@@ -14,9 +14,10 @@ from experiments.language_modeling import generation, tokenizers
 from experiments.language_modeling import task as lm_task
 from experiments.language_modeling.models import transformer
 from experiments.seq2seq.tokens import PAD_ID, UNK_ID
-from research import data, inference
-from research.export import ExportError, ExportSpec, Function
-from research.inference import InputError
+from research.core import data
+from research.deploy import inference
+from research.deploy.export import ExportError, ExportSpec, Function
+from research.deploy.inference import InputError
 
 FUNCTION = "generate"
 SETTINGS = ("temperature", "top_k", "top_p", "seed")

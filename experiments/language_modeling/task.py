@@ -21,9 +21,9 @@ from experiments.language_modeling import corpora, generation, ngram, tokenizers
 from experiments.language_modeling.models import lstm, transformer
 from experiments.seq2seq import tokenizers as seq2seq_tokenizers
 from experiments.seq2seq.tokens import BOS_ID, EOS_ID, PAD_ID
-from research import data, precision
-from research.config import ConfigError
-from research.task import Task, model_from_config
+from research.core import data, precision
+from research.core.config import ConfigError
+from research.core.task import Task, model_from_config
 
 MODELS = {"transformer": transformer.TransformerLM, "lstm": lstm.LSTMLM}
 TOKENIZER_DIR = "tokenizer"

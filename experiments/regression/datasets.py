@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
-from research import data
+from research.core import data
 
 LINEAR_NUM_FEATURES = 8
 LINEAR_NOISE_STD = 0.1

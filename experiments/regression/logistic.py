@@ -13,9 +13,9 @@ import numpy as np
 from sklearn import linear_model, metrics
 
 from experiments.regression import task as regression
-from research import binary_metrics, data
-from research.config import ConfigError
-from research.task import Task, model_from_config
+from research.core import binary_metrics, data
+from research.core.config import ConfigError
+from research.core.task import Task, model_from_config
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:

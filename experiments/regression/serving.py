@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 
-from research import data
-from research.export import ExportSpec, Function
-from research.inference import InputError
+from research.core import data
+from research.deploy.export import ExportSpec, Function
+from research.deploy.inference import InputError
 
 FEATURE_NAMES = {
     "diabetes": ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"),

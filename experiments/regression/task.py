@@ -13,9 +13,9 @@ import ml_collections
 import numpy as np
 
 from experiments.regression import datasets, models
-from research import data, precision
-from research.config import ConfigError
-from research.task import Task, model_from_config
+from research.core import data, precision
+from research.core.config import ConfigError
+from research.core.task import Task, model_from_config
 
 BUILDERS = {
     "linear_synthetic": datasets.LinearSynthetic,

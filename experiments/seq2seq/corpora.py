@@ -6,7 +6,7 @@ import gzip
 import os
 import pathlib
 
-from research import data
+from research.core import data
 
 Pair = tuple[str, str]
 

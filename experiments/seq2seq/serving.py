@@ -11,9 +11,10 @@ import numpy as np
 from experiments.seq2seq import decoding, tokenizers
 from experiments.seq2seq import task as seq2seq_task
 from experiments.seq2seq.tokens import EOS_ID, UNK_ID
-from research import data, inference
-from research.export import ExportSpec, Function
-from research.inference import InputError
+from research.core import data
+from research.deploy import inference
+from research.deploy.export import ExportSpec, Function
+from research.deploy.inference import InputError
 
 TOKENIZERS = ("source_tokenizer", "target_tokenizer")
 

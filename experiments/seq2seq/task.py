@@ -18,9 +18,9 @@ import optax
 
 from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers, tokens
 from experiments.seq2seq.models import lstm, transformer
-from research import data, precision
-from research.config import ConfigError
-from research.task import Task, model_from_config
+from research.core import data, precision
+from research.core.config import ConfigError
+from research.core.task import Task, model_from_config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,8 @@ flips (needs tfds `cifar10` prepared in data_dir)."""
 
 import ml_collections
 
-from research import augmentation
-from research.config import base_config
+from research.core import augmentation
+from research.core.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -2,8 +2,8 @@
 
 import ml_collections
 
-from research import augmentation
-from research.config import base_config
+from research.core import augmentation
+from research.core.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

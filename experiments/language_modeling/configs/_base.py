@@ -3,7 +3,7 @@
 import ml_collections
 
 from experiments.language_modeling import corpora
-from research.config import base_config
+from research.core.config import base_config
 
 
 def transformer(

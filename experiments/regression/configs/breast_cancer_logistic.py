@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from research.config import base_config
+from research.core.config import base_config
 
 NUM_TRAIN_EXAMPLES = 455
 

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from research.config import base_config
+from research.core.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

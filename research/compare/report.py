@@ -1,6 +1,6 @@
 """Compares runs side by side: a table (Markdown, CSV), plots, and one self-contained HTML page.
 
-python -m research.report DIR [DIR ...] --out=REPORT_DIR [--target accuracy=0.94]
+python -m research.compare.report DIR [DIR ...] --out=REPORT_DIR [--target accuracy=0.94]
 """
 
 import argparse
@@ -15,12 +15,12 @@ import statistics
 import sys
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from research import workdir as workdir_lib  # noqa: E402 (after the path is set)
 from research.errors import UserError  # noqa: E402
+from research.runtime import workdir as workdir_lib  # noqa: E402 after the path is set
 
 # Preferred metric for "best" when none is named, in order; names that fall are losses.
 PREFERRED_METRICS = ("accuracy", "bleu", "exact_match", "token_accuracy", "r2", "mse", "loss")
@@ -308,7 +308,7 @@ def choose_metric(runs: list[dict], split: str | None, metric: str | None) -> tu
 
 def build(paths: list[str], out: str, targets: dict, split=None, metric=None) -> dict:
     """Writes report.md, runs.csv, groups.csv, the plots and report.html into `out`."""
-    from research import report_plots
+    from research.compare import report_plots
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise ReportError(f"--out={out} is a file; pass a folder (new or existing) for the report.")

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from research import report
+from research.compare import report
 
 CURVES_FILE = "curves.png"
 SWEEP_FILE = "final_vs_swept.png"

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research import data, precision
-from research.task import Batch, Task
+from research.core import data, precision
+from research.core.task import Batch, Task
 
 Metrics = dict[str, jax.Array]
 

@@ -1,6 +1,6 @@
 """Exports a run's checkpoint as a directory that runs with only jax and numpy.
 
-`python -m research.export --workdir=RUN --out=DIR [--step=N]` writes the task's inference
+`python -m research.deploy.export --workdir=RUN --out=DIR [--step=N]` writes the task's inference
 functions (StableHLO via `jax.export`, symbolic batch size, lowered for CPU, CUDA and TPU), the
 parameters, the task's preprocessing assets, `signature.json` and `serving_runtime.py`.
 """
@@ -19,9 +19,11 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from research import checkpoints, data, optimizers, reproduce, serving_runtime, steps
-from research import workdir as workdir_lib
+from research.core import data, optimizers, steps
+from research.deploy import serving_runtime
 from research.errors import UserError
+from research.runtime import checkpoints, reproduce
+from research.runtime import workdir as workdir_lib
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 BATCH = "batch"  # the symbolic leading dimension of every input and output
@@ -40,7 +42,7 @@ class Function:
 
 @dataclasses.dataclass(frozen=True)
 class ExportSpec:
-    """What a task's serving module exports (see `research.task.Task.serving`).
+    """What a task's serving module exports (see `research.core.task.Task.serving`).
 
     functions: name -> `Function`; `default_function` is the one predict and serve call
         unless an option picks another.

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from research import parameters
+from research.core import parameters
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad")
 SCHEDULES = ("constant", "warmup_cosine", "step")
@@ -141,7 +141,7 @@ def parameter_groups(config: ml_collections.ConfigDict, params):
 
     A parameter whose path `config.frozen` matches is frozen; otherwise the pattern of
     `config.learning_rate_multipliers` that matches it gives its factor (1 when none does).
-    `research.config.check_parameter_patterns` refuses patterns that overlap.
+    `research.core.config.check_parameter_patterns` refuses patterns that overlap.
     """
     frozen = tuple(config.get("frozen", ()))
     factors = dict(multipliers(config))

@@ -7,10 +7,10 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from research.config import ConfigError
+from research.core.config import ConfigError
 
 # Mixed into the seed so augmentation draws never coincide with the epoch permutations
-# (seed, epoch) or the bucket orders (seed, epoch, 1) of research/data.py.
+# (seed, epoch) or the bucket orders (seed, epoch, 1) of research/core/data.py.
 AUGMENTATION_STREAM = 2
 
 

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from research import parallel
+from research.core.task import Task
 from research.errors import UserError
-from research.task import Task
+from research.runtime import parallel
 
 # Steps dispatched ahead of the host. Unbounded, a CPU with fewer cores than simulated devices
 # can start a later step's collectives on some devices while others still wait in an earlier

@@ -5,7 +5,7 @@ import types
 
 import numpy as np
 
-from research import parallel
+from research.runtime import parallel
 
 
 class Preempted(Exception):

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from research import data, parallel, steps
-from research.task import Task
+from research.core import data, steps
+from research.core.task import Task
+from research.runtime import parallel
 
 
 def metrics_of_split(

@@ -17,10 +17,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from research import parallel, parameters
+from research.core import parameters
+from research.core.steps import TrainState
 from research.errors import UserError
-from research.steps import TrainState
-from research.workdir import params_sha256
+from research.runtime import parallel
+from research.runtime.workdir import params_sha256
 
 CORRUPT_DIR = "corrupt_checkpoints"
 ITEM = "default"  # the folder orbax gives a single saved item inside a step's folder

@@ -1,6 +1,7 @@
 """Runs the cross product of a grid of config values, each point an ordinary `launch.py` run.
 
-python -m research.sweep --config=PATH[:arg] --root=DIR --grid='learning_rate=1e-3,3e-3 seed=0,1,2'
+python -m research.compare.sweep --config=PATH[:arg] --root=DIR
+    --grid='learning_rate=1e-3,3e-3 seed=0,1,2'
     [--parallel=N] [--config.key=value ...] [--print_commands] [--point=INDEX]
 """
 
@@ -17,12 +18,11 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO_ROOT not in sys.path:  # config files import `research` and `experiments`
     sys.path.insert(0, REPO_ROOT)
 
-from research.errors import UserError, flag_error_sentence  # noqa: E402 (after the path is set)
-from research.sweep_runner import (  # noqa: E402
+from research.compare.sweep_runner import (  # noqa: E402
     Owner,
     Record,
     Runner,
@@ -30,6 +30,7 @@ from research.sweep_runner import (  # noqa: E402
     canonical,
     run_all,
 )  # noqa: E402
+from research.errors import UserError, flag_error_sentence  # noqa: E402 (after the path is set)
 
 flags.DEFINE_string("root", None, "Folder of the sweep: one workdir per point, and sweep.json.")
 flags.DEFINE_string("grid", None, "Values per key: 'learning_rate=1e-3,3e-3 seed=0,1,2'.")
@@ -199,7 +200,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SweepError(f"unexpected arguments {argv[1:]}; pass settings as flags.")
     if not FLAGS.root or not FLAGS.grid:
-        raise SweepError("--root and --grid are required; see `python -m research.sweep --help`.")
+        raise SweepError(
+            "--root and --grid are required; see `python -m research.compare.sweep --help`."
+        )
     if FLAGS.parallel < 1:
         raise SweepError(f"--parallel={FLAGS.parallel}; pass 1 or more.")
     config = FLAGS.config

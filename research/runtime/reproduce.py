@@ -5,7 +5,7 @@ import os
 
 import ml_collections
 
-from research import workdir as workdir_lib
+from research.runtime import workdir as workdir_lib
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from research import parallel
 from research.errors import UserError
+from research.runtime import parallel
 
 Arrays = dict[str, np.ndarray]  # every array has the same leading (example) dimension
 
@@ -48,7 +48,7 @@ class Dataset:
 
 
 def num_examples(arrays: Arrays) -> int:
-    if not isinstance(arrays, dict):  # a split read on demand (research/streaming.py)
+    if not isinstance(arrays, dict):  # a split read on demand (research/core/streaming.py)
         return len(arrays)
     sizes = {len(value) for value in arrays.values()}
     assert len(sizes) == 1, f"arrays of different lengths: {sizes}"

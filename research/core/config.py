@@ -5,7 +5,7 @@ import re
 
 import ml_collections
 
-from research import data, optimizers, parameters
+from research.core import data, optimizers, parameters
 from research.errors import UserError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")

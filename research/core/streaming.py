@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from absl import flags, logging
 
-from research import augmentation as augmentation_lib
-from research import data, parallel
-from research.config import ConfigError
+from research.core import augmentation as augmentation_lib
+from research.core import data
+from research.core.config import ConfigError
+from research.runtime import parallel
 
 PIPELINES = ("auto", "memory", "grain", "device")
 # "auto" streams a split whose prepared arrays would take more than this share of the memory

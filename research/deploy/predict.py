@@ -1,6 +1,6 @@
 """Predicts from the command line with an exported model: inputs in, JSON lines out.
 
-`python -m research.predict --model=DIR [FILE ...]` (stdin without files) writes one JSON
+`python -m research.deploy.predict --model=DIR [FILE ...]` (stdin without files) writes one JSON
 object per input, in order; an input that cannot be used gets `{"input": ..., "error": ...}`.
 """
 
@@ -9,7 +9,7 @@ import tempfile
 
 from absl import app, flags
 
-from research import export, inference
+from research.deploy import export, inference
 from research.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The flags predict and serve share: which model, and the task options."""
-    flags.DEFINE_string("model", None, "An exported directory (python -m research.export).")
+    flags.DEFINE_string("model", None, "An exported directory (python -m research.deploy.export).")
     flags.DEFINE_string("workdir", None, "A run to export to a temporary directory and use.")
     flags.DEFINE_integer(
         "top_k",

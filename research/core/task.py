@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from research import data
-from research.config import ConfigError
+from research.core import data
+from research.core.config import ConfigError
 
 Batch = dict[str, jax.Array]
 Outputs = Any  # whatever the model returns
@@ -51,9 +51,10 @@ class Task:
         with `config.bucket_boundaries` the trainer groups examples by their length and pads
         each batch only to the boundary its longest row needs (`data.LengthBuckets`).
     image_keys: batch entries `[batch, height, width, channels]` that `config.augmentation`
-        may crop and flip (research/augmentation.py).
+        may crop and flip (research/core/augmentation.py).
     serving: optional () -> the task's serving module (`experiments/<task>/serving.py`, imported
-        only when exporting or serving): `export_spec(...)` and `Codec` (see research/export.py).
+        only when exporting or serving): `export_spec(...)` and `Codec` (see
+        research/deploy/export.py).
     """
 
     load_data: Callable[[str], data.Dataset]
@@ -78,7 +79,7 @@ class Task:
         if "loss" not in metrics:
             raise TypeError(
                 f"Task.summarize returned {sorted(metrics)} without 'loss'; return the "
-                "task's loss under that name (see research/task.py)."
+                "task's loss under that name (see research/core/task.py)."
             )
         return metrics
 

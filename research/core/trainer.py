@@ -18,22 +18,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import augmentation as augmentation_lib
-from research import (
-    checkpoints,
-    data,
-    evaluation,
-    optimizers,
-    parallel,
-    precision,
-    preemption,
-    steps,
-    streaming,
-)
-from research import interval as interval_lib
-from research import workdir as workdir_lib
-from research.config import ConfigError, check_parameter_patterns, validate
-from research.task import Task
+from research.core import augmentation as augmentation_lib
+from research.core import data, evaluation, optimizers, precision, steps, streaming
+from research.core import interval as interval_lib
+from research.core.config import ConfigError, check_parameter_patterns, validate
+from research.core.task import Task
+from research.runtime import checkpoints, parallel, preemption
+from research.runtime import workdir as workdir_lib
 
 # Where --overwrite prepares the new run's artifacts while the old run is still in place.
 INCOMING_ARTIFACTS = workdir_lib.ARTIFACTS_DIR + ".incoming"

@@ -161,7 +161,7 @@ def _living_holder(text: str) -> str | None:
 
 
 def workdir_holder(workdir: str) -> str | None:
-    """Who holds `workdir`'s launch lock (`research.workdir.Lock`, process 0), or None.
+    """Who holds `workdir`'s launch lock (`research.runtime.workdir.Lock`, process 0), or None.
 
     Read without importing jax (which would take the accelerators from the points): the lock
     file's name follows `Lock`'s own scheme, which tests/test_issue26_sweeps.py checks.

@@ -1,6 +1,6 @@
 """Serves an exported model over HTTP (aiohttp) with dynamic batching.
 
-`python -m research.serve --model=DIR --port=8000`: `POST /v1/predict` with
+`python -m research.deploy.serve --model=DIR --port=8000`: `POST /v1/predict` with
 `{"instances": [...]}` answers `{"predictions": [...]}` (each what `predict` writes for that
 input), `GET /v1/model` the signature, `GET /healthz`. SIGTERM answers requests in flight,
 then exits.
@@ -16,7 +16,7 @@ import time
 from absl import app, flags, logging
 from aiohttp import web
 
-from research import export, inference, predict
+from research.deploy import export, inference, predict
 from research.errors import UserError
 
 FLAGS = flags.FLAGS

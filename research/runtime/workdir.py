@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import config as config_lib
-from research import parallel
+from research.core import config as config_lib
 from research.errors import UserError
+from research.runtime import parallel
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"

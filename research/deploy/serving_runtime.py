@@ -1,6 +1,6 @@
 """Loads an exported model directory and runs it with only jax and numpy.
 
-`research.export` copies this file into every exported directory, so a consumer can
+`research.deploy.export` copies this file into every exported directory, so a consumer can
 `import serving_runtime` from there without this repository, flax or the experiments.
 """
 
@@ -107,7 +107,7 @@ class ExportedModel:
         except FileNotFoundError:
             raise ModelDirectoryError(
                 f"{self.directory} holds no {SIGNATURE_FILE}; pass a directory written by "
-                "python -m research.export."
+                "python -m research.deploy.export."
             ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ModelDirectoryError(

@@ -35,7 +35,7 @@ def load_runtime(directory: str):
     if not os.path.exists(path):
         raise UserError(
             f"{directory} holds no {RUNTIME_FILE}; pass --model a directory written by "
-            "python -m research.export."
+            "python -m research.deploy.export."
         )
     name = "serving_runtime_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
