@@ -13,8 +13,8 @@ import numpy as np
 from experiments.language_modeling import generation, tokenizers
 from experiments.language_modeling import task as lm_task
 from experiments.language_modeling.models import transformer
-from experiments.seq2seq.tokens import PAD_ID, UNK_ID
 from research.core import data
+from research.core.text import PAD_ID, UNK_ID
 from research.deploy import inference
 from research.deploy.export import ExportError, ExportSpec, Function
 from research.deploy.inference import InputError

@@ -10,8 +10,8 @@ import numpy as np
 
 from experiments.seq2seq import decoding, tokenizers
 from experiments.seq2seq import task as seq2seq_task
-from experiments.seq2seq.tokens import EOS_ID, UNK_ID
 from research.core import data
+from research.core.text import EOS_ID, UNK_ID
 from research.deploy import inference
 from research.deploy.export import ExportSpec, Function
 from research.deploy.inference import InputError
