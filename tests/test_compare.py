@@ -172,6 +172,36 @@ def test_sweep_root_is_a_tensorboard_logdir_with_every_run_under_its_name(sweep_
         assert logged == [(r["step"], float(np.float32(r["mse"]))) for r in records]
 
 
+def test_workdir_and_report_draw_the_recorded_metrics_through_one_curve_function(
+    sweep_root, tmp_path, monkeypatch
+):
+    from research.compare import report_plots
+    from research.runtime import curves, workdir
+
+    root, _ = sweep_root
+    drawn = []
+    monkeypatch.setattr(curves, "draw", lambda panels, path, **_: drawn.append((panels, path)))
+    name = FINISHED[0]
+    records = report.workdir_lib.read_metrics(root / name)
+    tests = [(r["step"], r["mse"]) for r in records if r["split"] == "test"]
+
+    writer = workdir.Writer(str(tmp_path / "copy"))
+    shutil.copy(root / name / workdir.METRICS_FILE, tmp_path / "copy" / workdir.METRICS_FILE)
+    writer.plot_learning_curves()
+    runs = [report.load_run(n, str(root / n)) for n in FINISHED]
+    report_plots.draw(runs, [], "test", "mse", str(tmp_path))
+
+    (own, own_path), (compared, compared_path) = drawn
+    assert own_path == str(tmp_path / "copy" / workdir.CURVES_FILE)
+    assert compared_path == str(tmp_path / report_plots.CURVES_FILE)
+    assert list(own)[0] == "loss" and list(compared)[0] == "test loss"
+    (line,) = [line for line in own["mse"] if line.group == "test"]
+    assert list(zip(line.steps, line.values, strict=True)) == tests
+    first = compared["test mse"][0]
+    assert len(compared["test mse"]) == len(FINISHED)
+    assert list(zip(first.steps, first.values, strict=True)) == tests
+
+
 def test_report_shows_every_run_with_the_numbers_of_its_summary(sweep_root, tmp_path):
     root, _ = sweep_root
     summaries = {name: json.loads((root / name / "summary.json").read_text()) for name in FINISHED}

@@ -6,6 +6,7 @@ import re
 import numpy as np
 
 from research.compare import report
+from research.runtime import curves
 
 CURVES_FILE = "curves.png"
 SWEEP_FILE = "final_vs_swept.png"
@@ -36,62 +37,25 @@ def draw(runs: list[dict], swept: list[str], split: str, metric: str, out: str) 
 
 def _curves(runs: list[dict], swept: list[str], out: str) -> str | None:
     """One panel per (split, metric), loss first; one line per run, one colour per group."""
-    panels: dict[tuple[str, str], list] = {}
+    points: dict[tuple[str, str], dict[str, list]] = {}
     for run in runs:
         for record in run["records"]:
             for name, value in record.items():
                 if name not in ("step", "split", *report.NOT_LEARNING):
-                    key = (record["split"], name)
-                    panels.setdefault(key, []).append((run["name"], record["step"], value))
-    if not panels:
+                    by_run = points.setdefault((record["split"], name), {})
+                    by_run.setdefault(run["name"], []).append((record["step"], value))
+    if not points:
         return None
-    plt = _pyplot()
-    order = sorted(panels, key=lambda sm: (sm[1] != "loss", sm[1], sm[0] == "train", sm[0]))
-    groups = list(dict.fromkeys(_group_of(run, swept) for run in runs))
-    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
-    columns = min(3, len(order))
-    rows = -(-len(order) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows), squeeze=False)
-    for axis in axes.flat[len(order) :]:
-        axis.set_visible(False)
-    for axis, (split, name) in zip(axes.flat, order, strict=False):
-        labelled = set()
-        for run in runs:
-            points = [(s, v) for r, s, v in panels[(split, name)] if r == run["name"]]
-            if not points:
-                continue
-            group = _group_of(run, swept)
-            steps, values = zip(*points, strict=True)
-            axis.plot(
-                steps,
-                values,
-                color=colours[group],
-                alpha=0.8,
-                linewidth=1.2,
-                marker="o" if len(steps) < 30 else None,
-                markersize=3,
-                label=None if group in labelled else group,
-            )
-            labelled.add(group)
-        if report.lower_is_better(name) and all(v > 0 for _, _, v in panels[(split, name)]):
-            axis.set_yscale("log")
-        axis.set_title(f"{split} {name}")
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(
-        handles,
-        labels,
-        loc="upper center",
-        ncol=min(4, len(labels)),
-        fontsize="medium",
-        bbox_to_anchor=(0.5, 1.0),
-        frameon=False,
-    )
-    legend_rows = -(-len(labels) // 4)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.06 * legend_rows / rows))
-    figure.savefig(os.path.join(out, CURVES_FILE), dpi=90)
-    plt.close(figure)
+    order = sorted(points, key=lambda sm: (sm[1] != "loss", sm[1], sm[0] == "train", sm[0]))
+    panels = {}
+    for split, name in order:
+        panels[f"{split} {name}"] = [
+            curves.line(_group_of(run, swept), points[(split, name)][run["name"]])
+            for run in runs
+            if run["name"] in points[(split, name)]
+        ]
+    log_scale = frozenset(f"{s} {n}" for s, n in order if report.lower_is_better(n))
+    curves.draw(panels, os.path.join(out, CURVES_FILE), log_scale=log_scale)
     return CURVES_FILE
 
 

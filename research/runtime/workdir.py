@@ -23,6 +23,7 @@ from absl import logging
 
 from research.core import config as config_lib
 from research.errors import UserError
+from research.runtime import curves as curves_lib
 from research.runtime import parallel
 
 CONFIG_FILE = "config.json"
@@ -342,39 +343,18 @@ class Writer:
         """
         if not self.active:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
         for record in read_metrics(self.workdir):
             for name, value in record.items():
                 if name not in ("step", "split", "learning_rate", *TIMING_METRICS):
                     points = curves.setdefault(name, {}).setdefault(record["split"], [])
                     points.append((record["step"], value))
-        if not curves:
-            return
-        names = sorted(curves, key=lambda name: (name != "loss", name))
-        splits = sorted({split for by_split in curves.values() for split in by_split})
-        colours = {split: plt.get_cmap("tab10")(i % 10) for i, split in enumerate(splits)}
-        columns = min(3, len(names))
-        rows = -(-len(names) // columns)
-        figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
-        for axis in axes.flat[len(names) :]:
-            axis.set_visible(False)
-        for axis, name in zip(axes.flat, names, strict=False):
-            for split, points in sorted(curves[name].items()):
-                steps, values = zip(*points, strict=True)
-                marker = "o" if len(steps) < 30 else None
-                axis.plot(steps, values, label=split, color=colours[split], marker=marker)
-            axis.set_title(name)
-            axis.set_xlabel("step")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize="small")
-        figure.tight_layout()
-        figure.savefig(self._path(CURVES_FILE), dpi=100)
-        plt.close(figure)
+        panels = {
+            name: [curves_lib.line(split, points) for split, points in sorted(curves[name].items())]
+            for name in sorted(curves, key=lambda name: (name != "loss", name))
+        }
+        if panels:
+            curves_lib.draw(panels, self._path(CURVES_FILE))
 
     def close(self) -> None:
         if self._tensorboard is not None:
