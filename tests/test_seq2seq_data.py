@@ -1,48 +1,19 @@
-"""Seq2seq data: tokenizers round-trip and cache, corpora read exactly, metrics match sacreBLEU."""
+"""Seq2seq data: word tokenizers round-trip, corpora read exactly, metrics match sacreBLEU
+(SentencePiece is tested with the shared text tools in test_text.py)."""
 
 import gzip
 import pathlib
-import re
 import time
 from unittest import mock
 
 import pytest
 import sacrebleu
-import sentencepiece
 
 from experiments.seq2seq import corpora, metrics, scan, tokenizers
+from research.core.text import BOS_ID, EOS_ID, NUM_RESERVED_IDS, PAD_ID, UNK_ID
 
 MULTI30K = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
 needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"Multi30k is not at {MULTI30K}")
-
-# Stands in for Multi30k where it is absent: short German-English pairs in its style.
-FIXTURE_PAIRS = [
-    ("Ein Mann fährt Fahrrad auf einer Straße.", "A man rides a bicycle on a street."),
-    ("Zwei Kinder spielen im Park.", "Two children are playing in the park."),
-    ("Eine Frau liest ein Buch im Café.", "A woman is reading a book in a cafe."),
-    ("Ein Hund rennt über eine grüne Wiese.", "A dog runs across a green meadow."),
-    ("Drei Männer stehen vor einem Gebäude.", "Three men stand in front of a building."),
-    ("Ein Mädchen in einem roten Kleid tanzt.", "A girl in a red dress is dancing."),
-    ("Ein Junge springt in einen See.", "A boy jumps into a lake."),
-    ("Eine Gruppe von Leuten wartet auf den Bus.", "A group of people waits for the bus."),
-    ("Ein Koch bereitet in der Küche Essen zu.", "A cook prepares food in the kitchen."),
-    ("Zwei Hunde spielen mit einem Ball.", "Two dogs are playing with a ball."),
-    ("Ein älterer Mann sitzt auf einer Bank.", "An older man is sitting on a bench."),
-    ("Eine Frau mit Hut geht die Straße entlang.", "A woman with a hat walks down the street."),
-    ("Kinder schwimmen im blauen Wasser.", "Children swim in the blue water."),
-    ("Ein Arbeiter repariert ein Dach.", "A worker is repairing a roof."),
-    ("Ein Musiker spielt Gitarre auf der Bühne.", "A musician plays guitar on the stage."),
-    ("Zwei Frauen unterhalten sich am Tisch.", "Two women are talking at the table."),
-]
-
-
-@pytest.fixture(scope="module")
-def sentencepiece_corpus() -> tuple[list[str], int]:
-    """Training texts (German then English) and a vocabulary size they can support."""
-    if MULTI30K.is_dir():
-        splits = corpora.read_parallel_folder(MULTI30K, "de", "en")
-        return tokenizers.training_texts(splits["train"][:2000]), 1000
-    return tokenizers.training_texts(FIXTURE_PAIRS), 150
 
 
 def write_lines(path: pathlib.Path, lines: list[str]) -> None:
@@ -60,21 +31,21 @@ def test_word_tokenizer_round_trips_every_scan_sentence():
     split = scan.load_split("simple")
     tokenizer = tokenizers.WordTokenizer.from_texts(tokenizers.training_texts(split["train"]))
     assert tokenizer.words == sorted(tokenizer.words)
-    assert tokenizer.vocab_size == tokenizers.NUM_RESERVED_IDS + len(tokenizer.words)
+    assert tokenizer.vocab_size == NUM_RESERVED_IDS + len(tokenizer.words)
     for command, actions in split["train"] + split["test"]:
         for text in (command, actions):
             ids = tokenizer.encode(text)
-            assert min(ids) >= tokenizers.NUM_RESERVED_IDS
+            assert min(ids) >= NUM_RESERVED_IDS
             assert tokenizer.decode(ids) == text
 
 
 def test_word_tokenizer_maps_unknown_words_to_unk_and_decode_stops_at_eos():
     tokenizer = tokenizers.WordTokenizer.from_texts(["walk left", "jump"])
     # Sorted words: jump=4, left=5, walk=6.
-    assert tokenizer.encode("walk fly left") == [6, tokenizers.UNK_ID, 5]
-    ids = [tokenizers.BOS_ID, 6, tokenizers.PAD_ID, 4, tokenizers.EOS_ID, 5, tokenizers.PAD_ID]
+    assert tokenizer.encode("walk fly left") == [6, UNK_ID, 5]
+    ids = [BOS_ID, 6, PAD_ID, 4, EOS_ID, 5, PAD_ID]
     assert tokenizer.decode(ids) == "walk jump"
-    assert tokenizer.decode([tokenizers.UNK_ID]) == tokenizers.UNK_TOKEN
+    assert tokenizer.decode([UNK_ID]) == tokenizers.UNK_TOKEN
 
 
 def test_saved_word_tokenizer_loads_identically(tmp_path):
@@ -91,67 +62,6 @@ def test_training_texts_takes_both_sides_or_one():
     assert tokenizers.training_texts(pairs) == ["a b", "c", "x", "y z"]
     assert tokenizers.training_texts(pairs, "source") == ["a b", "c"]
     assert tokenizers.training_texts(pairs, "target") == ["x", "y z"]
-
-
-@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
-def test_sentencepiece_round_trips_sentences(tmp_path, sentencepiece_corpus, model_type):
-    texts, vocab_size = sentencepiece_corpus
-    tokenizer = tokenizers.train_or_load_sentencepiece(texts, vocab_size, model_type, tmp_path)
-    assert tokenizer.vocab_size == vocab_size
-    for text in texts[:500]:
-        ids = tokenizer.encode(text)
-        assert min(ids) >= tokenizers.NUM_RESERVED_IDS, "no special ids inside a sentence"
-        assert tokenizer.decode(ids) == text
-        padded = [tokenizers.BOS_ID, *ids, tokenizers.EOS_ID, 7, tokenizers.PAD_ID]
-        assert tokenizer.decode(padded) == text
-
-
-def test_sentencepiece_training_is_byte_identical_when_repeated(sentencepiece_corpus):
-    texts, vocab_size = sentencepiece_corpus
-    for model_type in ("unigram", "bpe"):
-        first = tokenizers.train_sentencepiece(texts, vocab_size, model_type)
-        second = tokenizers.train_sentencepiece(texts, vocab_size, model_type)
-        assert first.model_proto == second.model_proto
-
-
-def test_sentencepiece_cache_is_reused_without_retraining(tmp_path, sentencepiece_corpus):
-    texts, vocab_size = sentencepiece_corpus
-    trained = tokenizers.train_or_load_sentencepiece(texts, vocab_size, "bpe", tmp_path)
-    (cached_file,) = tmp_path.glob("*.model")
-    key = tokenizers.sentencepiece_cache_key(texts, vocab_size, "bpe")
-    assert cached_file.name == f"{key}.model"
-    modified = cached_file.stat().st_mtime_ns
-    refuse = AssertionError("retrained although the model was cached")
-    with mock.patch.object(sentencepiece.SentencePieceTrainer, "train", side_effect=refuse):
-        loaded = tokenizers.train_or_load_sentencepiece(texts, vocab_size, "bpe", tmp_path)
-    assert cached_file.stat().st_mtime_ns == modified
-    assert loaded.model_proto == trained.model_proto
-    # Any change to what is trained on is a different cache entry.
-    assert tokenizers.sentencepiece_cache_key(texts[:-1], vocab_size, "bpe") != key
-    assert tokenizers.sentencepiece_cache_key(texts, vocab_size - 1, "bpe") != key
-    assert tokenizers.sentencepiece_cache_key(texts, vocab_size, "unigram") != key
-
-
-def test_saved_sentencepiece_tokenizer_loads_identically(tmp_path, sentencepiece_corpus):
-    texts, vocab_size = sentencepiece_corpus
-    tokenizer = tokenizers.train_or_load_sentencepiece(
-        texts, vocab_size, "unigram", tmp_path / "cache"
-    )
-    tokenizer.save(tmp_path / "workdir")
-    loaded = tokenizers.load_tokenizer(tmp_path / "workdir")
-    assert isinstance(loaded, tokenizers.SentencePieceTokenizer)
-    assert loaded.model_proto == tokenizer.model_proto
-    assert [loaded.encode(text) for text in texts[:200]] == [
-        tokenizer.encode(text) for text in texts[:200]
-    ]
-
-
-def test_sentencepiece_vocabulary_too_large_names_the_key_and_the_largest_that_works(tmp_path):
-    texts = ["ein hund läuft im park", "eine katze schläft", "zwei kinder spielen"] * 3
-    with pytest.raises(ValueError, match=r"--config\.tokenizer\.vocab_size=5000") as error:
-        tokenizers.train_or_load_sentencepiece(texts, 5000, "unigram", tmp_path)
-    largest = int(re.search(r"set it to (\d+) or less", str(error.value)).group(1))
-    assert tokenizers.train_sentencepiece(texts, largest, "unigram").vocab_size == largest
 
 
 def test_loading_a_tokenizer_from_an_empty_directory_names_the_files(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from experiments.seq2seq import decoding
 from experiments.seq2seq.models.lstm import LSTMSeq2Seq
 from experiments.seq2seq.models.transformer import Transformer
-from experiments.seq2seq.tokens import EOS_ID, PAD_ID
+from research.core.text import EOS_ID, PAD_ID
 
 INPUT_LENGTH = 6
 TARGET_LENGTH = 5

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 
-from experiments.seq2seq.corpora import read_lines
+from research.core.text import read_lines
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_ROOT = "~/tensorflow_datasets/language_modeling"

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.seq2seq.tokens import BOS_ID, PAD_ID
+from research.core.text import BOS_ID, PAD_ID
 from research.errors import UserError
 
 INT32 = np.iinfo(np.int32)

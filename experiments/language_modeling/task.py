@@ -19,11 +19,10 @@ import optax
 
 from experiments.language_modeling import corpora, generation, ngram, tokenizers
 from experiments.language_modeling.models import lstm, transformer
-from experiments.seq2seq import tokenizers as seq2seq_tokenizers
-from experiments.seq2seq.tokens import BOS_ID, EOS_ID, PAD_ID
 from research.core import data, precision
 from research.core.config import ConfigError
 from research.core.task import Task, model_from_config
+from research.core.text import BOS_ID, EOS_ID, PAD_ID, sentencepiece_from_config
 
 MODELS = {"transformer": transformer.TransformerLM, "lstm": lstm.LSTMLM}
 TOKENIZER_DIR = "tokenizer"
@@ -72,16 +71,7 @@ def _tokenizer(config, train_lines: list[str], artifacts_dir: str) -> tokenizers
     elif settings.type == "bytes":
         tokenizer = tokenizers.ByteTokenizer()
     elif settings.type == "sentencepiece":
-        try:
-            tokenizer = seq2seq_tokenizers.train_or_load_sentencepiece(
-                [line for line in train_lines if line][: settings.max_training_sentences],
-                settings.vocab_size,
-                settings.model_type,
-                os.path.expanduser(settings.cache_dir),
-                character_coverage=settings.character_coverage,
-            )
-        except ValueError as error:  # the message names the setting to change
-            raise ConfigError(str(error)) from None
+        tokenizer = sentencepiece_from_config([line for line in train_lines if line], settings)
     else:
         raise ConfigError(
             f"config.tokenizer.type '{settings.type}' is unknown; choose characters, bytes or "

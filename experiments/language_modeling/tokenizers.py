@@ -12,12 +12,18 @@ import pathlib
 import string
 from collections.abc import Iterable, Sequence
 
-from experiments.seq2seq import tokenizers as seq2seq_tokenizers
-from experiments.seq2seq.tokens import BOS_ID, EOS_ID, NUM_RESERVED_IDS, PAD_ID, UNK_ID
+from research.core.text import (
+    BOS_ID,
+    EOS_ID,
+    NUM_RESERVED_IDS,
+    PAD_ID,
+    SENTENCEPIECE_FILE,
+    UNK_ID,
+    SentencePieceTokenizer,
+)
 
 CHARACTERS_FILE = "characters.json"
 BYTES_FILE = "bytes.json"
-SentencePieceTokenizer = seq2seq_tokenizers.SentencePieceTokenizer
 ALWAYS_INCLUDED = string.printable.removesuffix("\n\r\x0b\x0c")  # ends " \t\n\r\x0b\x0c"
 
 
@@ -81,11 +87,11 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         return CharacterTokenizer(characters)
     if (folder / BYTES_FILE).exists():
         return ByteTokenizer()
-    if (folder / seq2seq_tokenizers.SENTENCEPIECE_FILE).exists():
-        return SentencePieceTokenizer.from_file(folder / seq2seq_tokenizers.SENTENCEPIECE_FILE)
+    if (folder / SENTENCEPIECE_FILE).exists():
+        return SentencePieceTokenizer.from_file(folder / SENTENCEPIECE_FILE)
     raise FileNotFoundError(
         f"No tokenizer in {folder} (looked for {CHARACTERS_FILE}, {BYTES_FILE} and "
-        f"{seq2seq_tokenizers.SENTENCEPIECE_FILE}); pass the artifacts/tokenizer folder of a run."
+        f"{SENTENCEPIECE_FILE}); pass the artifacts/tokenizer folder of a run."
     )
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import pathlib
 
 from research.core import data
+from research.core.text import read_lines
 
 Pair = tuple[str, str]
 
@@ -16,30 +16,6 @@ TFDS_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 WMT_DATASETS = ("wmt14_translate/de-en", "wmt17_translate/de-en")
 # Examples per batch when reading tfds; large batches keep the per-example Python cost low.
 _TFDS_READ_BATCH_SIZE = 4096
-
-
-def read_lines(path: pathlib.Path, fix: str = "remove that line") -> list[str]:
-    """Lines of a UTF-8 text file, gzipped if its name ends in .gz, without line endings.
-
-    `fix` ends the message of a line that is not UTF-8.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        raw = file.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise ValueError(
-            f"{path} line {line} is not UTF-8 text; convert the file to UTF-8 (for example "
-            f"with iconv) or {fix}."
-        ) from None
-    # Split on "\n" alone: text mode would also split on a stray "\r" or "\x85" inside a sentence
-    # and so shift one side against the other.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
 
 
 def _language_files(folder: pathlib.Path, language: str) -> dict[str, pathlib.Path]:

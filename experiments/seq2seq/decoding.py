@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.seq2seq.tokens import BOS_ID, EOS_ID, PAD_ID
+from research.core.text import BOS_ID, EOS_ID, PAD_ID
 
 State = Any  # a pytree whose leaves have leading dimension batch (times beam in beam search)
 StepFn = Callable[[State, jax.Array], tuple[jax.Array, State]]

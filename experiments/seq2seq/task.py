@@ -16,18 +16,19 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers, tokens
+from experiments.seq2seq import corpora, decoding, metrics, scan, tokenizers
 from experiments.seq2seq.models import lstm, transformer
 from research.core import data, precision
 from research.core.config import ConfigError
 from research.core.task import Task, model_from_config
+from research.core.text import EOS_ID, PAD_ID, SentencePieceTokenizer, sentencepiece_from_config
 
 
 @dataclasses.dataclass(frozen=True)
 class References:
     """What scoring decoded predictions needs: the detokenizer and the texts of each split."""
 
-    target_tokenizer: tokenizers.WordTokenizer | tokenizers.SentencePieceTokenizer
+    target_tokenizer: tokenizers.WordTokenizer | SentencePieceTokenizer
     pairs: dict[str, list[tuple[str, str]]]  # split -> (source, reference) in split order
 
 
@@ -79,17 +80,8 @@ def _tokenizers(config, pairs, artifacts_dir):
         source = tokenizers.WordTokenizer.from_texts(s for s, _ in pairs)
         target = tokenizers.WordTokenizer.from_texts(t for _, t in pairs)
     elif settings.type == "sentencepiece":
-        texts = tokenizers.training_texts(pairs, side="both")[: settings.max_training_sentences]
-        try:
-            source = target = tokenizers.train_or_load_sentencepiece(
-                texts,
-                settings.vocab_size,
-                settings.model_type,
-                os.path.expanduser(settings.cache_dir),
-                character_coverage=settings.character_coverage,
-            )
-        except ValueError as error:  # the message names the setting to change
-            raise ConfigError(str(error)) from None
+        texts = tokenizers.training_texts(pairs, side="both")
+        source = target = sentencepiece_from_config(texts, settings)
     else:
         raise ConfigError(
             f"config.tokenizer.type '{settings.type}' is unknown; choose word or sentencepiece."
@@ -101,9 +93,9 @@ def _tokenizers(config, pairs, artifacts_dir):
 
 def _encode(texts, tokenizer, max_length: int) -> np.ndarray:
     """Token ids with EOS, truncated to `max_length` and padded: `[len(texts), max_length]`."""
-    ids = np.full((len(texts), max_length), tokens.PAD_ID, np.int32)
+    ids = np.full((len(texts), max_length), PAD_ID, np.int32)
     for row, text in enumerate(texts):
-        row_ids = tokenizer.encode(text)[: max_length - 1] + [tokens.EOS_ID]
+        row_ids = tokenizer.encode(text)[: max_length - 1] + [EOS_ID]
         ids[row, : len(row_ids)] = row_ids
     return ids
 
@@ -170,7 +162,7 @@ def model_inputs(batch):
 def loss(logits, batch, *, label_smoothing: float):
     """Summed token loss and number of target tokens per example."""
     targets = batch["targets"]
-    weights = (targets != tokens.PAD_ID).astype(jnp.float32)
+    weights = (targets != PAD_ID).astype(jnp.float32)
     labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, labels) * weights
     return losses.sum(axis=1), weights.sum(axis=1)
@@ -178,7 +170,7 @@ def loss(logits, batch, *, label_smoothing: float):
 
 def metric_sums(logits, batch):
     targets = batch["targets"]
-    weights = (targets != tokens.PAD_ID).astype(jnp.float32)
+    weights = (targets != PAD_ID).astype(jnp.float32)
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights
     correct = (logits.argmax(-1) == targets) * weights
     return {

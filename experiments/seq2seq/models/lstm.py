@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.seq2seq.decoding import shift_right
-from experiments.seq2seq.tokens import PAD_ID
+from research.core.text import PAD_ID
 
 # {"carries": per decoder layer (cell, hidden) each [batch, hidden_size],
 #  "attentional": [batch, hidden_size]}; fixed-size, so it serves as the decoding cache.

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.seq2seq.decoding import shift_right
-from experiments.seq2seq.tokens import PAD_ID
+from research.core.text import PAD_ID
 
 # {"index": [batch], "layers": per decoder layer {"keys", "values"}: [batch, length, heads,
 # head_width]}; every leaf leads with the batch, so beam search can expand and reorder it.
