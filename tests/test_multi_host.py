@@ -288,18 +288,3 @@ def test_two_slurm_tasks_with_distributed_match_one_process_with_four_devices(da
     assert [(r["step"], r["split"]) for r in two] == [(r["step"], r["split"]) for r in one]
     for record_two, record_one in zip(two, one, strict=True):
         assert record_two["loss"] == pytest.approx(record_one["loss"], rel=1e-5)
-
-
-def test_the_readme_sbatch_script_is_valid_bash(tmp_path):
-    readme = pathlib.Path(REPO_ROOT, "README.md").read_text()
-    scripts = [
-        block.split("```", 1)[0]
-        for block in readme.split("```bash\n")[1:]
-        if block.startswith("#!/bin/bash\n#SBATCH")
-    ]
-    assert len(scripts) == 1
-    path = tmp_path / "job.sbatch"
-    path.write_text(scripts[0])
-    checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    assert "--distributed" in scripts[0] and "srun" in scripts[0]
