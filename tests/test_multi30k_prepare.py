@@ -17,7 +17,7 @@ FOLDER_CONFIG = os.path.join(
 )
 
 needs_release = pytest.mark.skipif(
-    not LOCAL_RELEASE.is_dir(), reason="the local copy of the Multi30k release is not here"
+    not LOCAL_RELEASE.is_dir(), reason=f"no copy of the Multi30k release in {LOCAL_RELEASE}"
 )
 
 

@@ -189,7 +189,7 @@ def _curve(directory) -> list[dict]:
     ]
 
 
-# lax.scan (unroll False) is bitwise for this MLP (README). "device": the training split on
+# lax.scan (unroll False) is bitwise for this MLP (docs/scaling.md). "device": the training split on
 # the device, each batch gathered inside the compiled step from indices the host sends, or
 # in the "hash" order from indices each device computes itself. The "hash" run at one step
 # per call reads its batches on the host: the device draws the same rows.

@@ -113,7 +113,7 @@ def read_wmt(
             raise FileNotFoundError(
                 f"The tfds dataset {name} is not prepared in {root}; prepare it on a machine "
                 f"with internet access with `tfds build {name} --data_dir={root}` and copy that "
-                "directory here."
+                f"directory to {root}."
             ) from error
         pairs: list[Pair] = []
         for batch in tfds.as_numpy(dataset):

@@ -147,7 +147,7 @@ class Owner:
 
 
 def _living_holder(text: str) -> str | None:
-    """`text` ('pid N on host H since T') if that process still runs here, else None."""
+    """`text` ('pid N on host H since T') if that process still runs on this host, else None."""
     words = text.split()
     if len(words) < 5 or words[0] != "pid" or words[3] != socket.gethostname():
         return text or None

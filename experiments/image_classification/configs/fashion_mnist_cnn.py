@@ -1,4 +1,4 @@
-"""A two-convolution CNN on Fashion-MNIST (prepare it offline, see the README)."""
+"""A two-convolution CNN on Fashion-MNIST (prepare it offline, see docs/data.md)."""
 
 import ml_collections
 
