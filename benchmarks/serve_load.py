@@ -1,4 +1,4 @@
-"""Load test of research.deploy.serve: throughput and latency with and without dynamic batching.
+"""Load test of `python -m experiments.serve`: throughput and latency with and without batching.
 
 `python benchmarks/serve_load.py --model=DIR --instances=FILE.json [--clients=32]` starts the
 server twice (batches up to 32, then 1), sends one-instance requests from concurrent clients for
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def _start_server(model: str, max_batch_size: int, port: int) -> subprocess.Popen:
     server = subprocess.Popen(
-        [sys.executable, "-m", "research.deploy.serve", f"--model={model}", f"--port={port}",
+        [sys.executable, "-m", "experiments.serve", f"--model={model}", f"--port={port}",
          f"--max_batch_size={max_batch_size}", "--max_queue=100000"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -182,6 +182,7 @@ def run_module(module: str, *arguments: str, devices: int = 1, timeout: int = 30
 def train_and_export(tmp_path_factory, runs: dict, configs_dir: str, **settings) -> dict:
     """Per task of `runs` ({task: (config path, overrides)}): a tiny run trained and exported,
     as (config, root) with the run in `root / "run"` and the model in `root / "model"`."""
+    import experiments
     from research.deploy import export
 
     results = {}
@@ -189,6 +190,6 @@ def train_and_export(tmp_path_factory, runs: dict, configs_dir: str, **settings)
         root = tmp_path_factory.mktemp(task_name)
         config = load_config(os.path.join(configs_dir, path), **settings, **overrides)
         run_experiment(config, root / "run")
-        export.export_run(str(root / "run"), str(root / "model"))
+        export.export_run(str(root / "run"), str(root / "model"), get_task=experiments.get_task)
         results[task_name] = (config, root)
     return results

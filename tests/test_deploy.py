@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+import experiments
 from research.core import data, evaluation, steps
 from research.deploy import export, inference, predict, serve
 from research.runtime import parallel
@@ -91,7 +92,9 @@ def exported(tmp_path_factory, data_dir):
 
 def _trainer_predictions(workdir):
     """The test split's arrays and predictions through the trainer's own evaluation path."""
-    config, task, dataset, model, variables, _, _ = export.restore_variables(workdir)
+    config, task, dataset, model, variables, _, _ = export.restore_variables(
+        workdir, get_task=experiments.get_task
+    )
     if task.predict is None:  # the model's outputs, as eval_step computes them
         apply = lambda model, variables, batch: model.apply(  # noqa: E731
             variables, *task.model_inputs(batch), train=False
@@ -180,7 +183,7 @@ def test_predict_reads_raw_inputs_like_the_trainer_and_names_bad_ones(exported, 
             lines = "\n".join(raw[:100]).encode() + b"\n\xff\xfe bad\n"
             (tmp_path / "source.txt").write_bytes(lines)
             sources = [str(tmp_path / "source.txt")]
-        predictor = inference.Predictor(str(root / "model"))
+        predictor = inference.Predictor(str(root / "model"), get_task=experiments.get_task)
         output_path = tmp_path / f"{task_name}.jsonl"
         with open(output_path, "w") as output:
             failures = predict.predict_sources(predictor, sources, output)
@@ -253,11 +256,11 @@ def test_server_batches_concurrent_clients_rejects_bad_requests_and_drains_on_si
 
     config, root, _, _ = exported["image_classification"]
     signals = _raw_test_inputs("image_classification", config)[:50]
-    predictor = inference.Predictor(str(root / "model"))
+    predictor = inference.Predictor(str(root / "model"), get_task=experiments.get_task)
     expected = predictor.predict([predictor.codec.parse(s.tolist()) for s in signals])
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "research.deploy.serve", f"--model={root / 'model'}",
+        [sys.executable, "-m", "experiments.serve", f"--model={root / 'model'}",
          f"--port={port}", "--max_queue=20000",
          f"--max_request_bytes={2**24}"],  # the large requests below
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -347,7 +350,7 @@ def test_server_answers_413_for_more_instances_than_its_queue_or_large_bodies_an
     from aiohttp.test_utils import TestClient, TestServer
 
     _, root, _, _ = exported["regression"]
-    predictor = inference.Predictor(str(root / "model"))
+    predictor = inference.Predictor(str(root / "model"), get_task=experiments.get_task)
 
     async def scenario():
         application = serve.make_app(predictor, max_queue=2, max_bytes=2000)
@@ -421,7 +424,7 @@ def test_predict_names_empty_npy_files_and_takes_the_shape_the_signature_shows(m
     np.save(tmp_path / "batch.npy", signals[:, :, None])  # [3, 40, 1]
     np.save(tmp_path / "one.npy", signals[0][:, None])  # [40, 1]
     sources = [tmp_path / name for name in ("empty.npy", "batch.npy", "no_rows.npy", "one.npy")]
-    result = run_module("research.deploy.predict", f"--model={model}", *map(str, sources))
+    result = run_module("experiments.predict", f"--model={model}", *map(str, sources))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("input") for r in records] == [str(sources[0]), None, None, None,
@@ -429,7 +432,7 @@ def test_predict_names_empty_npy_files_and_takes_the_shape_the_signature_shows(m
     assert records[0]["error"].startswith(f"{sources[0]} cannot be read (No data left in file)")
     assert records[4]["error"].startswith(f"{sources[2]} holds no values")
 
-    predictor = inference.Predictor(str(model))
+    predictor = inference.Predictor(str(model), get_task=experiments.get_task)
     expected = predictor.predict([predictor.codec.parse(row.tolist()) for row in signals])
     answers = [records[1], records[2], records[3], records[5]]
     assert [a["class"] for a in answers] == [e["class"] for e in expected] + [expected[0]["class"]]
@@ -439,7 +442,7 @@ def test_predict_names_empty_npy_files_and_takes_the_shape_the_signature_shows(m
 
 def test_translations_say_how_many_source_tokens_were_cut_or_unknown(models):
     config, _, model = models["seq2seq"]
-    predictor = inference.Predictor(str(model))
+    predictor = inference.Predictor(str(model), get_task=experiments.get_task)
     long = " and ".join(["jump twice"] * 30)  # far more words than max_input_length
     plain, cut, unknown = predictor.predict(
         [predictor.codec.parse(text) for text in ("jump twice", long, "jump blorp twice")]
@@ -453,9 +456,9 @@ def test_export_refuses_a_file_or_read_only_folder_in_one_sentence(models, tmp_p
     _, run, _ = models["image_classification"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    result = run_module("research.deploy.export", f"--workdir={run}", f"--out={a_file}")
+    result = run_module("experiments.export", f"--workdir={run}", f"--out={a_file}")
     _one_line(result, f"--out={a_file} is a file")
-    result = run_module("research.deploy.export", f"--workdir={run}", "--out=/sys/exported")
+    result = run_module("experiments.export", f"--workdir={run}", "--out=/sys/exported")
     _one_line(result, "--out=/sys/exported cannot be written (/sys: ")
 
 
@@ -476,7 +479,7 @@ def test_export_reads_one_fixed_step_while_the_run_rotates_its_checkpoints(
         return create(*args, **kwargs)
 
     monkeypatch.setattr(steps, "create_train_state", rotate_then_create)
-    signature = export.export_run(str(copy), str(tmp_path / "model"))
+    signature = export.export_run(str(copy), str(tmp_path / "model"), get_task=experiments.get_task)
     summary = json.loads((run / "summary.json").read_text())
     assert signature["step"] == chosen
     assert signature["params_sha256"] == summary["params_sha256"]
@@ -487,13 +490,13 @@ def test_a_damaged_model_folder_is_one_sentence(models, tmp_path):
     missing = tmp_path / "missing"
     shutil.copytree(model, missing)
     (missing / "predict.stablehlo").unlink()
-    result = run_module("research.deploy.predict", f"--model={missing}", "-")
+    result = run_module("experiments.predict", f"--model={missing}", "-")
     _one_line(result, f"{missing} is not a complete exported model (predict.stablehlo is missing)")
     damaged = tmp_path / "damaged"
     shutil.copytree(model, damaged)
     text = (damaged / "signature.json").read_text()
     (damaged / "signature.json").write_text(text[: len(text) // 2])
-    result = run_module("research.deploy.predict", f"--model={damaged}", "-")
+    result = run_module("experiments.predict", f"--model={damaged}", "-")
     _one_line(result, f"{damaged / 'signature.json'} is damaged (not JSON")
 
 
@@ -507,19 +510,19 @@ def test_report_out_on_a_file_is_one_sentence(models, tmp_path):
 
 def test_server_refuses_a_bad_or_busy_port_and_stops_cleanly_on_ctrl_c_at_start(models):
     _, _, model = models["image_classification"]
-    result = run_module("research.deploy.serve", f"--model={model}", "--port=70000")
+    result = run_module("experiments.serve", f"--model={model}", "--port=70000")
     _one_line(result, "--port=70000 is not a TCP port; pass one from 1 to 65535.")
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_module("research.deploy.serve", f"--model={model}", f"--port={port}")
+        result = run_module("experiments.serve", f"--model={model}", f"--port={port}")
     line = _one_line(result, f"cannot listen on 127.0.0.1:{port} (")
     assert line.endswith("stop what uses that port or pass another --port.")
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "research.deploy.serve", f"--model={model}",
+        [sys.executable, "-m", "experiments.serve", f"--model={model}",
          f"--port={_free_port()}"],
         cwd=REPO_ROOT, env=subprocess_environment(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,

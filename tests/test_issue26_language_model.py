@@ -10,6 +10,7 @@ import pytest
 from helpers import load_config, run_experiment, run_module
 from test_language_modeling import CONFIGS, SHORT_RUN, TINY_TRANSFORMER, write_text_folder
 
+import experiments
 from research.deploy import inference, serve
 
 
@@ -24,7 +25,7 @@ def language_model(tmp_path_factory):
     )  # fmt: skip
     run_experiment(config, root / "run")
     exported = run_module(
-        "research.deploy.export", f"--workdir={root / 'run'}", f"--out={root / 'model'}",
+        "experiments.export", f"--workdir={root / 'run'}", f"--out={root / 'model'}",
         "--max_prompt_length=6", "--max_new_tokens=5",
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
@@ -57,7 +58,7 @@ def test_sample_and_predict_refuse_sampling_settings_out_of_range(language_model
         f"--top_k={2**31}": f"--top_k must be a whole number from 0 (every token) to {2**31 - 1}",
     }
     for flag, message in cases.items():
-        result = run_module("research.deploy.predict", f"--model={model}", flag, "-")
+        result = run_module("experiments.predict", f"--model={model}", flag, "-")
         _one_error_line(result, message)
 
 
@@ -65,7 +66,7 @@ def test_server_refuses_sampling_settings_out_of_range_with_400(language_model):
     from aiohttp.test_utils import TestClient, TestServer
 
     _, model, _ = language_model
-    predictor = inference.Predictor(str(model))
+    predictor = inference.Predictor(str(model), get_task=experiments.get_task)
     bodies = {
         b'{"instances": [{"prompt": "the", "temperature": NaN}]}': "temperature must be a finite",
         b'{"instances": [{"prompt": "the", "seed": 2147483648}]}': "seed must be within",
@@ -91,7 +92,7 @@ def test_predict_answers_every_prompt_but_an_over_long_one_and_names_its_line(
     _, model, _ = language_model
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the\nthe dog runs in the park\na\n")
-    result = run_module("research.deploy.predict", f"--model={model}", str(prompts))
+    result = run_module("experiments.predict", f"--model={model}", str(prompts))
     assert result.returncode == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3
@@ -103,7 +104,7 @@ def test_predict_answers_every_prompt_but_an_over_long_one_and_names_its_line(
 
 def test_answers_count_prompt_tokens_unknown_to_the_tokenizer(language_model):
     _, model, _ = language_model
-    predictor = inference.Predictor(str(model))
+    predictor = inference.Predictor(str(model), get_task=experiments.get_task)
     known, unknown = predictor.predict([predictor.codec.parse(p) for p in ("the", "t€€")])
     assert "unknown_prompt_tokens" not in known
     assert unknown["unknown_prompt_tokens"] == 2

@@ -234,9 +234,16 @@ def test_transformer_run_metrics_samples_sample_command_and_export(tmp_path, cap
 
     # Exported, the model answers greedy prompts with the in-process cached generation's tokens.
     options = {"max_prompt_length": 6, "max_new_tokens": 5}
-    export.export_run(str(tmp_path / "run"), str(tmp_path / "model"), options=options)
+    export.export_run(
+        str(tmp_path / "run"),
+        str(tmp_path / "model"),
+        options=options,
+        get_task=experiments.get_task,
+    )
     model, params, tokenizer = sample.load_run(str(tmp_path / "run"))
-    predictor = inference.Predictor(str(tmp_path / "model"), {"temperature": 0.0})
+    predictor = inference.Predictor(
+        str(tmp_path / "model"), {"temperature": 0.0}, get_task=experiments.get_task
+    )
     prompts = ["the", "a", "café"]  # 4, 2 and 5 tokens with BOS: three lengths in one batch
     answers = predictor.predict([predictor.codec.parse(prompt) for prompt in prompts])
     for prompt, answer in zip(prompts, answers, strict=True):
@@ -247,7 +254,7 @@ def test_transformer_run_metrics_samples_sample_command_and_export(tmp_path, cap
         assert answer == {"continuation": tokenizers.decode_text(tokenizer, expected),
                           "tokens": expected}  # fmt: skip
     # Sampled (the run's settings), a row's answer depends on its seed, not on its batch.
-    sampled = inference.Predictor(str(tmp_path / "model"))
+    sampled = inference.Predictor(str(tmp_path / "model"), get_task=experiments.get_task)
     seeded = [sampled.codec.parse({"prompt": "the", "seed": seed}) for seed in (3, 4, 3)]
     first, other, again = sampled.predict(seeded)
     assert first == again and first == sampled.predict(seeded[:1])[0] and first != other

@@ -11,6 +11,7 @@ import numpy as np
 from research.core import data
 from research.deploy.export import ExportSpec, Function
 from research.deploy.inference import InputError
+from research.deploy.options import Option
 
 DIGITS = tuple(str(digit) for digit in range(10))
 CLASS_NAMES = {
@@ -44,6 +45,9 @@ CLASS_NAMES = {
 CLASS_NAMES_FILE = "class_names.txt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_TOP_K = 3
+PREDICT_OPTIONS = {
+    "top_k": Option(int, f"Image classification: probabilities shown (default {DEFAULT_TOP_K})."),
+}
 
 
 def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, options) -> ExportSpec:
@@ -77,7 +81,7 @@ class Codec:
     """A JSON instance is a nested list of raw values (pixels 0-255 for images) of one input."""
 
     def __init__(self, model, options: dict):
-        unknown = set(options) - {"top_k"}
+        unknown = set(options) - set(PREDICT_OPTIONS)
         if unknown:
             raise InputError(f"Image classifiers take only the option top_k, not {unknown}.")
         metadata = model.signature["metadata"]

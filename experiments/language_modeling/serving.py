@@ -18,6 +18,7 @@ from research.core.text import PAD_ID, UNK_ID
 from research.deploy import inference
 from research.deploy.export import ExportError, ExportSpec, Function
 from research.deploy.inference import InputError
+from research.deploy.options import Option
 
 FUNCTION = "generate"
 SETTINGS = ("temperature", "top_k", "top_p", "seed")
@@ -26,6 +27,21 @@ SETTING_TYPES = {
     "top_k": np.int32,
     "top_p": np.float32,
     "seed": np.int32,
+}
+EXPORT_OPTIONS = {
+    "max_prompt_length": Option(int, "Language modeling: longest prompt (tokens)."),
+    "max_new_tokens": Option(int, "Language modeling: tokens generated."),
+}
+PREDICT_OPTIONS = {
+    "top_k": Option(
+        int,
+        "Language modeling: sample among the k most probable tokens (0: all; default the "
+        "run's config.samples).",
+    ),
+    "temperature": Option(float, "Language modeling: 0 is greedy (default config's)."),
+    "top_p": Option(float, "Language modeling: nucleus sampling (default config's)."),
+    "seed": Option(int, "Language modeling: the sampling seed (default 0)."),
+    "max_new_tokens": Option(int, "Language modeling: at most the exported number."),
 }
 
 
@@ -38,7 +54,7 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
     `max_new_tokens` (default the config's `samples.max_new_tokens`, or fewer so that both fit
     a Transformer's learned positions).
     """
-    unknown = set(options) - {"max_prompt_length", "max_new_tokens"}
+    unknown = set(options) - set(EXPORT_OPTIONS)
     if unknown:
         raise InputError(
             f"Language-model exports take only max_prompt_length and max_new_tokens, not {unknown}."
@@ -129,7 +145,7 @@ class Codec:
     """
 
     def __init__(self, model, options: dict):
-        unknown = set(options) - {*SETTINGS, "max_new_tokens"}
+        unknown = set(options) - set(PREDICT_OPTIONS)
         if unknown:
             raise InputError(f"Language models take the options {SETTINGS}, not {unknown}.")
         metadata = model.signature["metadata"]

@@ -15,8 +15,16 @@ from research.core.text import EOS_ID, UNK_ID
 from research.deploy import inference
 from research.deploy.export import ExportSpec, Function
 from research.deploy.inference import InputError
+from research.deploy.options import Option
 
 TOKENIZERS = ("source_tokenizer", "target_tokenizer")
+EXPORT_OPTIONS = {
+    "beam_sizes": Option(list, "Seq2seq: beam sizes to export (default 1, config's)."),
+}
+PREDICT_OPTIONS = {
+    "beam_size": Option(int, "Seq2seq: an exported beam size (default config's)."),
+    "length_penalty": Option(float, "Seq2seq: GNMT alpha (default the config's)."),
+}
 
 
 def _function_name(beam_size: int) -> str:
@@ -27,13 +35,21 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
     """`beam<k>`: `inputs [batch, max_input_length]` int32 and `length_penalty [batch]` ->
     `tokens [batch, decode.max_length]` (EOS included, PAD after), `log_probability [batch]`.
 
-    Exports greedy and the config's beam size unless `options["beam_sizes"]` lists others.
+    Exports greedy and the config's beam size unless `options["beam_sizes"]` lists others
+    (whole numbers, or their text as `--beam_sizes=1,4` gives them).
     """
-    unknown = set(options) - {"beam_sizes"}
+    unknown = set(options) - set(EXPORT_OPTIONS)
     if unknown:
         raise InputError(f"Seq2seq exports take only the option beam_sizes, not {unknown}.")
     settings = config.decode
-    beam_sizes = sorted(set(options.get("beam_sizes") or (1, settings.beam_size)))
+    sizes = options.get("beam_sizes") or (1, settings.beam_size)
+    try:
+        beam_sizes = sorted({int(size) for size in sizes})
+    except ValueError:
+        raise InputError(
+            f"--beam_sizes={','.join(map(str, sizes))} must be whole numbers, such as "
+            "--beam_sizes=1,4."
+        ) from None
     if min(beam_sizes) < 1:
         raise InputError(f"--beam_sizes={beam_sizes} must all be at least 1.")
 
@@ -83,7 +99,7 @@ class Codec:
     `source_tokens_cut`) or unknown to the tokenizer (`unknown_source_tokens`)."""
 
     def __init__(self, model, options: dict):
-        unknown = set(options) - {"beam_size", "length_penalty"}
+        unknown = set(options) - set(PREDICT_OPTIONS)
         if unknown:
             raise InputError(
                 f"Seq2seq models take the options beam_size and length_penalty, not {unknown}."

@@ -54,7 +54,8 @@ class Task:
         may crop and flip (research/core/augmentation.py).
     serving: optional () -> the task's serving module (`experiments/<task>/serving.py`, imported
         only when exporting or serving): `export_spec(...)` and `Codec` (see
-        research/deploy/export.py).
+        research/deploy/export.py), and the options they take as flags of the commands,
+        `EXPORT_OPTIONS` and `PREDICT_OPTIONS` (see research/deploy/options.py).
     """
 
     load_data: Callable[[str], data.Dataset]
@@ -82,6 +83,11 @@ class Task:
                 "task's loss under that name (see research/core/task.py)."
             )
         return metrics
+
+
+# `experiments.get_task`: config -> its Task. The library names no task; the commands that need
+# one (launch.py, export, predict, serve) are handed this lookup by their entry point.
+TaskLookup = Callable[[ml_collections.ConfigDict], Task]
 
 
 def model_from_config(

@@ -1,6 +1,6 @@
 """Exports a run's checkpoint as a directory that runs with only jax and numpy.
 
-`python -m research.deploy.export --workdir=RUN --out=DIR [--step=N]` writes the task's inference
+`python -m experiments.export --workdir=RUN --out=DIR [--step=N]` writes the task's inference
 functions (StableHLO via `jax.export`, symbolic batch size, lowered for CPU, CUDA and TPU), the
 parameters, the task's preprocessing assets, `signature.json` and `serving_runtime.py`.
 """
@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -20,6 +21,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from research.core import data, optimizers, steps
+from research.core.task import TaskLookup
+from research.deploy import options as options_lib
 from research.deploy import serving_runtime
 from research.errors import UserError
 from research.runtime import checkpoints, reproduce
@@ -110,12 +113,11 @@ def _export_function(function: Function, arrays: list[np.ndarray], treedef) -> t
     return exported.serialize(), signature
 
 
-def restore_variables(workdir: str, step: int | None = None):
-    """(config, task, dataset, variables, step, artifacts dir) of a run, opened read-only."""
-    import experiments  # the task registry; research/ names no task itself
-
+def restore_variables(workdir: str, step: int | None = None, *, get_task: TaskLookup):
+    """(config, task, dataset, model, variables, step, artifacts dir) of a run, opened
+    read-only; `get_task` builds the run's task from its config (`experiments.get_task`)."""
     config = reproduce.load_config(workdir)
-    task = experiments.get_task(config)
+    task = get_task(config)
     if task.serving is None:
         raise ExportError(
             f"Task '{config.task}' has no serving module; add experiments/{config.task}/"
@@ -187,14 +189,24 @@ def _restore(config, task, workdir: str, directory: str, step: int):
     return config, task, dataset, model, variables, step, artifacts
 
 
-def export_run(workdir: str, out: str, step: int | None = None, options: dict | None = None):
-    """Writes the export of `workdir`'s checkpoint `step` (the latest by default) to `out`.
+def export_run(
+    workdir: str,
+    out: str,
+    step: int | None = None,
+    options: dict | None = None,
+    *,
+    get_task: TaskLookup,
+) -> dict:
+    """Writes the export of `workdir`'s checkpoint `step` (the latest by default) to `out`;
+    `options` are the task's (its serving module's `EXPORT_OPTIONS`).
 
     The directory is written next to `out` and renamed into place when complete. Returns
     the signature.
     """
     parent = _check_out(out)
-    config, task, dataset, model, variables, step, artifacts = restore_variables(workdir, step)
+    config, task, dataset, model, variables, step, artifacts = restore_variables(
+        workdir, step, get_task=get_task
+    )
     spec = task.serving().export_spec(config, model, dataset, artifacts, options or {})
     entries, arrays, treedef = _entries(variables)
     digest = serving_runtime.parameters_sha256(entries, arrays)
@@ -274,6 +286,8 @@ def _check_out(out: str) -> str:
 
 
 FLAGS = flags.FLAGS
+# The flags `define_flags` defines are the command's (its --help lists them), not this module's.
+flags.disclaim_key_flags()
 
 
 class _ReadOnlyNotices(python_logging.Filter):
@@ -291,36 +305,29 @@ def quiet_logs() -> None:
     python_logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 
-def _define_flags() -> None:
-    # Defined only when run as a command: the serving modules import this module too.
+def define_flags(serving_modules: dict[str, ModuleType]) -> None:
+    """The export command's flags, with the `EXPORT_OPTIONS` of `serving_modules` ({task:
+    its serving module})."""
     flags.DEFINE_string("workdir", None, "The run to export (a launch.py workdir).")
     flags.DEFINE_string("out", None, "The directory to write; must not exist or be empty.")
     flags.DEFINE_integer("step", None, "The checkpoint to export; the latest by default.")
-    flags.DEFINE_list("beam_sizes", None, "seq2seq: beam sizes to export (default 1, config's).")
-    flags.DEFINE_integer("max_prompt_length", None, "Language modeling: longest prompt (tokens).")
-    flags.DEFINE_integer("max_new_tokens", None, "Language modeling: tokens generated.")
+    options_lib.define_flags(serving_modules, "EXPORT_OPTIONS")
 
 
-def main(argv) -> None:
+def main(argv: list[str], *, get_task: TaskLookup) -> None:
+    """The export command, after `define_flags`; `get_task` is `experiments.get_task`."""
     del argv
     if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
         quiet_logs()
     if not FLAGS.workdir or not FLAGS.out:
         raise app.UsageError("Pass --workdir=RUN and --out=DIR.")
-    options = {"beam_sizes": [int(b) for b in FLAGS.beam_sizes]} if FLAGS.beam_sizes else {}
-    for name in ("max_prompt_length", "max_new_tokens"):
-        if FLAGS[name].value is not None:
-            options[name] = FLAGS[name].value
     try:
-        signature = export_run(FLAGS.workdir, FLAGS.out, FLAGS.step, options)
+        signature = export_run(
+            FLAGS.workdir, FLAGS.out, FLAGS.step, options_lib.values(), get_task=get_task
+        )
     except UserError as error:
         raise SystemExit(f"Error: {error}") from None
     print(
         f"Exported step {signature['step']} of {FLAGS.workdir} to {FLAGS.out} "
         f"(params_sha256 {signature['params_sha256']})."
     )
-
-
-if __name__ == "__main__":
-    _define_flags()
-    app.run(main)

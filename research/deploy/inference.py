@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from research.core.task import TaskLookup
 from research.errors import UserError
 
 # Every batch is padded to one of these sizes, so predict and serve run the same compiled shapes.
@@ -35,7 +36,7 @@ def load_runtime(directory: str):
     if not os.path.exists(path):
         raise UserError(
             f"{directory} holds no {RUNTIME_FILE}; pass --model a directory written by "
-            "python -m research.deploy.export."
+            "python -m experiments.export."
         )
     name = "serving_runtime_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -45,18 +46,22 @@ def load_runtime(directory: str):
 
 
 class Predictor:
-    """An exported model and its task's codec; `predict` answers a list of examples."""
+    """An exported model and its task's codec; `predict` answers a list of examples.
 
-    def __init__(self, directory: str, options: dict[str, Any] | None = None):
-        import experiments  # the task registry: which codec reads this task's inputs
+    `get_task` (`experiments.get_task`) finds the codec: the exported config's task's serving
+    module's; `options` are the codec's (the serving module's `PREDICT_OPTIONS`).
+    """
 
+    def __init__(
+        self, directory: str, options: dict[str, Any] | None = None, *, get_task: TaskLookup
+    ):
         runtime = load_runtime(directory)
         try:
             self.model = runtime.ExportedModel(directory)
         except runtime.ModelDirectoryError as error:
             raise UserError(str(error)) from None
         signature = self.model.signature
-        task = experiments.get_task(ml_collections.ConfigDict(signature["config"]))
+        task = get_task(ml_collections.ConfigDict(signature["config"]))
         self.codec = task.serving().Codec(self.model, dict(options or {}))
         self.batch_sizes = BATCH_SIZES
 

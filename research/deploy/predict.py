@@ -1,53 +1,42 @@
 """Predicts from the command line with an exported model: inputs in, JSON lines out.
 
-`python -m research.deploy.predict --model=DIR [FILE ...]` (stdin without files) writes one JSON
+`python -m experiments.predict --model=DIR [FILE ...]` (stdin without files) writes one JSON
 object per input, in order; an input that cannot be used gets `{"input": ..., "error": ...}`.
 """
 
 import sys
 import tempfile
+from types import ModuleType
 
 from absl import app, flags
 
+from research.core.task import TaskLookup
 from research.deploy import export, inference
+from research.deploy import options as options_lib
 from research.errors import UserError
 
 FLAGS = flags.FLAGS
+# The flags `define_flags` defines are the command's (its --help lists them), not this module's.
+flags.disclaim_key_flags()
 
 
-def define_flags() -> None:
-    """The flags predict and serve share: which model, and the task options."""
-    flags.DEFINE_string("model", None, "An exported directory (python -m research.deploy.export).")
+def define_flags(serving_modules: dict[str, ModuleType]) -> None:
+    """The flags predict and serve share: which model, and the `PREDICT_OPTIONS` of
+    `serving_modules` ({task: its serving module})."""
+    flags.DEFINE_string("model", None, "An exported directory (python -m experiments.export).")
     flags.DEFINE_string("workdir", None, "A run to export to a temporary directory and use.")
-    flags.DEFINE_integer(
-        "top_k",
-        None,
-        "Image classification: probabilities shown (default 3). Language modeling: sample "
-        "among the k most probable tokens (0: all; default the run's config.samples).",
-    )
-    flags.DEFINE_integer("beam_size", None, "Seq2seq: an exported beam size (default config's).")
-    flags.DEFINE_float("length_penalty", None, "Seq2seq: GNMT alpha (default the config's).")
-    flags.DEFINE_float("temperature", None, "Language modeling: 0 is greedy (default config's).")
-    flags.DEFINE_float("top_p", None, "Language modeling: nucleus sampling (default config's).")
-    flags.DEFINE_integer("seed", None, "Language modeling: the sampling seed (default 0).")
-    flags.DEFINE_integer("max_new_tokens", None, "Language modeling: at most the exported number.")
+    options_lib.define_flags(serving_modules, "PREDICT_OPTIONS")
 
 
-def options_from_flags() -> dict:
-    names = ("top_k", "beam_size", "length_penalty", "temperature", "top_p", "seed")
-    names += ("max_new_tokens",)
-    return {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}
-
-
-def predictor_from_flags(scratch: str) -> inference.Predictor:
+def predictor_from_flags(scratch: str, get_task: TaskLookup) -> inference.Predictor:
     """The `--model` directory, or `--workdir` exported into `scratch` first."""
     if bool(FLAGS.model) == bool(FLAGS.workdir):
         raise app.UsageError("Pass exactly one of --model=DIR and --workdir=RUN.")
     directory = FLAGS.model
     if FLAGS.workdir:
         directory = f"{scratch}/model"
-        export.export_run(FLAGS.workdir, directory)
-    return inference.Predictor(directory, options_from_flags())
+        export.export_run(FLAGS.workdir, directory, get_task=get_task)
+    return inference.Predictor(directory, options_lib.values(), get_task=get_task)
 
 
 def predict_sources(predictor: inference.Predictor, sources: list[str], output) -> int:
@@ -67,20 +56,16 @@ def predict_sources(predictor: inference.Predictor, sources: list[str], output) 
     return failures
 
 
-def main(argv) -> None:
+def main(argv: list[str], *, get_task: TaskLookup) -> None:
+    """The predict command, after `define_flags`; `get_task` is `experiments.get_task`."""
     sources = argv[1:] or ["-"]
     if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
         export.quiet_logs()
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            predictor = predictor_from_flags(scratch)
+            predictor = predictor_from_flags(scratch, get_task)
             failures = predict_sources(predictor, sources, sys.stdout)
     except UserError as error:
         raise SystemExit(f"Error: {error}") from None
     if failures:
         raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

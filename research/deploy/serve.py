@@ -1,6 +1,6 @@
 """Serves an exported model over HTTP (aiohttp) with dynamic batching.
 
-`python -m research.deploy.serve --model=DIR --port=8000`: `POST /v1/predict` with
+`python -m experiments.serve --model=DIR --port=8000`: `POST /v1/predict` with
 `{"instances": [...]}` answers `{"predictions": [...]}` (each what `predict` writes for that
 input), `GET /v1/model` the signature, `GET /healthz`. SIGTERM answers requests in flight,
 then exits.
@@ -12,14 +12,18 @@ import signal
 import tempfile
 import threading
 import time
+from types import ModuleType
 
-from absl import app, flags, logging
+from absl import flags, logging
 from aiohttp import web
 
+from research.core.task import TaskLookup
 from research.deploy import export, inference, predict
 from research.errors import UserError
 
 FLAGS = flags.FLAGS
+# The flags `define_flags` defines are the command's (its --help lists them), not this module's.
+flags.disclaim_key_flags()
 
 
 # Set by Ctrl-C before the server listens. A KeyboardInterrupt raised inside a callback that
@@ -229,7 +233,23 @@ def check_flags() -> None:
             raise UserError(f"--{name}={FLAGS[name].value} must be 0 or more.")
 
 
-def main(argv) -> None:
+def define_flags(serving_modules: dict[str, ModuleType]) -> None:
+    """The serve command's flags: predict's (with the `PREDICT_OPTIONS` of `serving_modules`,
+    {task: its serving module}) and the server's."""
+    predict.define_flags(serving_modules)
+    flags.DEFINE_string("host", "127.0.0.1", "The address to listen on.")
+    flags.DEFINE_integer("port", 8000, "The port to listen on.")
+    flags.DEFINE_integer("max_batch_size", 32, "Largest batch; 1 turns dynamic batching off.")
+    flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more examples.")
+    flags.DEFINE_integer(
+        "max_queue", 1024, "Examples waiting before requests get 503 (larger requests get 413)."
+    )
+    flags.DEFINE_integer("max_request_bytes", 2**20, "Larger request bodies get 413.")
+    flags.DEFINE_float("shutdown_timeout_s", 30.0, "How long SIGTERM waits for requests.")
+
+
+def main(argv: list[str], *, get_task: TaskLookup) -> None:
+    """The serve command, after `define_flags`; `get_task` is `experiments.get_task`."""
     del argv
     if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
         export.quiet_logs()
@@ -238,7 +258,7 @@ def main(argv) -> None:
         check_flags()
         print("Loading the model and compiling its batch sizes.", flush=True)
         with tempfile.TemporaryDirectory() as scratch:
-            predictor = predict.predictor_from_flags(scratch)
+            predictor = predict.predictor_from_flags(scratch, get_task)
             sizes = tuple(s for s in inference.BATCH_SIZES if s <= FLAGS.max_batch_size)
             predictor.batch_sizes = sizes or (1,)
             start = time.time()
@@ -259,17 +279,3 @@ def main(argv) -> None:
         raise SystemExit(f"Error: {error}") from None
     except KeyboardInterrupt:  # before the server listened (its own handler stops it later)
         raise SystemExit("Stopped before the server started listening.") from None
-
-
-if __name__ == "__main__":
-    predict.define_flags()
-    flags.DEFINE_string("host", "127.0.0.1", "The address to listen on.")
-    flags.DEFINE_integer("port", 8000, "The port to listen on.")
-    flags.DEFINE_integer("max_batch_size", 32, "Largest batch; 1 turns dynamic batching off.")
-    flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more examples.")
-    flags.DEFINE_integer(
-        "max_queue", 1024, "Examples waiting before requests get 503 (larger requests get 413)."
-    )
-    flags.DEFINE_integer("max_request_bytes", 2**20, "Larger request bodies get 413.")
-    flags.DEFINE_float("shutdown_timeout_s", 30.0, "How long SIGTERM waits for requests.")
-    app.run(main)
