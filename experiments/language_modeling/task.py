@@ -2,7 +2,8 @@
 
 Each split is one token stream (every line ends with EOS, the stream starts with BOS) cut into
 windows of `sequence_length` predicted tokens, so every token of a split is predicted exactly
-once. Metrics: cross-entropy per token, perplexity and bits per UTF-8 byte of the split's text.
+once (`eval_stride` overlaps the evaluated windows to give each token more context). Metrics:
+cross-entropy per token, perplexity and bits per UTF-8 byte of the split's text.
 """
 
 import dataclasses
@@ -81,33 +82,52 @@ def _tokenizer(config, train_lines: list[str], artifacts_dir: str) -> tokenizers
     return tokenizer
 
 
-def windows(tokenizer, lines: list[str], length: int) -> data.Arrays:
+def windows(tokenizer, lines: list[str], length: int, stride: int = 0) -> data.Arrays:
     """`inputs`, `targets` `[windows, length]` over the split's stream, and per window the
-    `bytes` of text its targets complete (a line's bytes and newline count at its EOS)."""
+    `bytes` of text its targets complete (a line's bytes and newline count at its EOS).
+
+    `stride` 0 (or `length`) puts the windows side by side. A smaller stride starts a window
+    every `stride` tokens and scores only its last `stride` targets (the others are PAD), so
+    every token after the first window is still predicted exactly once, with at least
+    `length - stride` tokens of context.
+    """
+    stride = stride or length
+    assert 0 < stride <= length, (stride, length)
     stream = np.array([BOS_ID, *tokenizers.encode_text(tokenizer, lines)], np.int32)
     byte_weights = np.zeros(len(stream), np.float64)
     ends = np.flatnonzero(stream == EOS_ID)
     assert len(ends) == len(lines), "a tokenizer produced EOS inside a line"
     byte_weights[ends] = [len(line.encode("utf-8")) + 1 for line in lines]
-    rows = math.ceil((len(stream) - 1) / length)
-    padding = rows * length + 1 - len(stream)
+    rows = 1 + max(0, math.ceil((len(stream) - 1 - length) / stride))
+    padding = (rows - 1) * stride + length + 1 - len(stream)
     stream = np.pad(stream, (0, padding), constant_values=PAD_ID)
     byte_weights = np.pad(byte_weights, (0, padding))
+    positions = stride * np.arange(rows)[:, None] + np.arange(length)  # of each input
+    targets, byte_weights = stream[positions + 1], byte_weights[positions + 1]
+    targets[1:, : length - stride] = PAD_ID  # scored by an earlier window
+    byte_weights[1:, : length - stride] = 0.0
     return {
-        "inputs": stream[:-1].reshape(rows, length),
-        "targets": stream[1:].reshape(rows, length),
-        "bytes": byte_weights[1:].reshape(rows, length).sum(axis=1).astype(np.float32),
+        "inputs": stream[positions],
+        "targets": targets,
+        "bytes": byte_weights.sum(axis=1).astype(np.float32),
     }
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
     """Windows of every split; the tokenizer is stored in `artifacts_dir/tokenizer`."""
+    length, stride = config.sequence_length, config.get("eval_stride", 0)
+    if not 0 <= stride <= length:
+        raise ConfigError(
+            f"config.eval_stride={stride} is outside 0 to config.sequence_length={length}; set "
+            "--config.eval_stride to 0 (windows side by side) or a smaller positive stride."
+        )
     lines = _read_lines(config)
     tokenizer = _tokenizer(config, lines["train"], artifacts_dir)
-    length = config.sequence_length
     return data.Dataset(
         train=windows(tokenizer, lines["train"], length),
-        eval_splits={name: windows(tokenizer, lines[name], length) for name in config.eval_splits},
+        eval_splits={
+            name: windows(tokenizer, lines[name], length, stride) for name in config.eval_splits
+        },
         info={"vocab_size": tokenizer.vocab_size},
         evaluation_context=Corpus(tokenizer, lines),
     )

@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     config.sequence_length = 128  # predicted tokens per window (the model's context)
+    # 0: evaluated windows side by side, so a window's first tokens are scored with little
+    # context; S > 0: a window every S tokens scoring its last S, so every token but those of
+    # the first window sees at least sequence_length - S earlier ones (evaluation costs
+    # sequence_length / S times as much).
+    config.eval_stride = 0
     config.bucket_boundaries = ()
     config.reference_ngram_order = 7  # the character n-gram reported beside the model; 0: none
     # Generated at every evaluation into examples.jsonl (split "samples").
