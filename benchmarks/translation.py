@@ -81,7 +81,7 @@ def train_speed(config, task, dataset, num_steps: int):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     batches_per_epoch = data.num_examples(dataset.train) // config.batch_size
-    epoch = [run.train_batch(step) for step in range(batches_per_epoch)]
+    epoch = [run.source.batch(step) for step in range(batches_per_epoch)]
     counts = np.array([_tokens(batch) for batch in epoch])
     train_step, state, rng = run.train_step, run.state, run.train_rng
     timed = epoch[:num_steps]

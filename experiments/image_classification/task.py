@@ -18,8 +18,9 @@ import optax
 
 from experiments.image_classification import datasets
 from experiments.image_classification.models import cnn, mlp, resnet
-from research.core import data, precision, streaming
+from research.core import data, input_pipeline, precision, streaming
 from research.core.config import ConfigError
+from research.core.splits import ArrayRecords
 from research.core.task import Task, model_from_config
 
 # dataset name -> (builder generating it locally or None, input feature, eval splits, classes)
@@ -33,17 +34,18 @@ MODELS = {"mlp": mlp.MLP, "cnn": cnn.CNN, "resnet": resnet.ResNet}
 LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 
-def _standardize(arrays: data.Arrays, *, input_key: str, mean, std) -> data.Arrays:
-    """Raw rows -> {"inputs": float32 standardized `[rows, ..., channels]`, "label": int32}.
+def _prepare(arrays: data.Arrays, *, input_key: str, mean, std, relabel) -> data.Arrays:
+    """Raw rows -> {"inputs": float32 standardized `[rows, ..., channels]`, "label": int32,
+    class `relabel[label]`}.
 
-    Runs on whole splits (memory) or on each batch in Grain's workers (streaming): the same
+    Runs on whole splits (held in memory) or on each batch in Grain's workers: the same
     element-wise arithmetic, so both give the same bits.
     """
     inputs = arrays[input_key]
     if inputs.ndim == 2:  # a 1-D signal gets a channel axis: [rows, length, 1]
         inputs = inputs[..., None]
     inputs = ((inputs - mean) / std).astype(np.float32)
-    return {"inputs": inputs, "label": arrays["label"].astype(np.int32)}
+    return {"inputs": inputs, "label": relabel[arrays["label"]].astype(np.int32)}
 
 
 def _statistics(read_inputs, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,10 +79,12 @@ def _statistics(read_inputs, count: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(squares / values - mean * mean)
 
 
-def _cached_statistics(artifacts_dir: str, description: str, compute) -> tuple:
-    """`compute()`'s (mean, std) of a streamed split, kept in the run's artifacts, so that a
-    resumed run does not read the whole split again."""
+def _cached_statistics(artifacts_dir: str, description: str | None, compute) -> tuple:
+    """`compute()`'s (mean, std); of a split read from files (`description` names them) kept
+    in the run's artifacts, so that a resumed run does not read the whole split again."""
     path = os.path.join(artifacts_dir, "input_statistics.json") if artifacts_dir else ""
+    if description is None:
+        path = ""
     if path and os.path.exists(path):
         with open(path) as file:
             saved = json.load(file)
@@ -96,14 +100,14 @@ def _cached_statistics(artifacts_dir: str, description: str, compute) -> tuple:
     return mean, std
 
 
-def _builder(config, builder_class, pipeline: str):
-    """The tfds builder of the dataset (embedded ones write ArrayRecord for Grain)."""
+def _builder(config, builder_class, random_access: bool):
+    """The tfds builder of the dataset (embedded ones write ArrayRecord for `random_access`)."""
     import tensorflow_datasets as tfds
 
     data_dir = os.path.expanduser(config.data_dir)
     if builder_class is None:
         return tfds.builder(config.dataset, data_dir=data_dir)
-    if pipeline != "grain":
+    if not random_access:
         return builder_class(data_dir=data_dir)
     try:
         return builder_class(data_dir=data_dir, file_format="array_record")
@@ -119,21 +123,34 @@ def _builder(config, builder_class, pipeline: str):
         ) from None
 
 
-def _pipeline(config, builder, input_key: str) -> str:
-    """The configured input pipeline; "auto" streams a prepared train split too large to load."""
-    requested = streaming.check_pipeline(config)
-    splits = builder.info.splits if builder.is_prepared() else {}
-    if requested == "auto" and "train" not in splits:
-        return "memory"  # not prepared: embedded data is small, and a missing one is reported
-    shape = builder.info.features[input_key].shape
-    prepared_bytes = splits["train"].num_examples * int(np.prod(shape)) * 4 if splits else 0
-    return streaming.choose_pipeline(requested, f"{config.dataset}'s train split", prepared_bytes)
+def _records(config, builder, builder_class, splits, random_access: bool, whole: bool):
+    """Per split, its raw rows (`splits.Records`) and what names their files: ArrayRecord
+    files are read at random where they lie (for `random_access` they must be ArrayRecord);
+    other files, or all with `whole`, are read into memory (named None)."""
+    file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+    if random_access or (not whole and builder.is_prepared() and file_format == "array_record"):
+        if builder_class is not None and not builder.is_prepared():
+            data.import_tensorflow()  # tfds writes the files with it
+            builder.download_and_prepare()
+        records = {split: streaming.tfds_source(builder, split) for split in splits}
+        return records, {split: streaming.description(builder, split) for split in splits}
+    records = {
+        split: ArrayRecords(
+            data.load_tfds_arrays(config.dataset, split, config.data_dir, builder_class)
+        )
+        for split in splits
+    }
+    return records, dict.fromkeys(splits)
 
 
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
     """Inputs as float32 standardized per channel by the training split's statistics; with
     `config.classes` only those classes (relabelled 0..k-1), with
-    `config.train_examples_per_class` only the first N training examples of each."""
+    `config.train_examples_per_class` only the first N training examples of each.
+
+    The splits are the raw rows and this preparation, whichever input pipeline reads them:
+    ArrayRecord files are read where they lie, other files read into memory.
+    """
     if config.dataset not in DATASETS:
         raise ConfigError(
             f"config.dataset '{config.dataset}' is not an image classification dataset; "
@@ -146,64 +163,48 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
         raise ConfigError(
             f"config.train_examples_per_class is {per_class}; set it to 0 (all) or more."
         )
-    # One builder: tfds fixes a builder class's file format at its first construction.
-    builder = _builder(config, builder_class, streaming.check_pipeline(config))
-    if _pipeline(config, builder, input_key) == "grain":
-        if len(classes) != num_classes or per_class:
-            raise ConfigError(
-                "config.classes and config.train_examples_per_class need the in-memory input "
-                "pipeline; set --config.input_pipeline=memory."
-            )
-        if builder_class is not None:
-            data.import_tensorflow()  # tfds writes the files with it
-            builder.download_and_prepare()
-        sources = {
-            split: streaming.tfds_source(builder, split) for split in ("train", *eval_splits)
-        }
-        raw = streaming.StreamingSplit(sources["train"], None, "")
-        mean, std = _cached_statistics(
-            artifacts_dir,
-            streaming.description(builder, "train"),
-            lambda: _statistics(lambda a, b: raw.raw(range(a, b))[input_key], len(raw)),
+    subset = len(classes) != num_classes or per_class > 0
+    # Grain reads rows at random, which only ArrayRecord files allow.
+    random_access = input_pipeline.requested(config) == "grain"
+    if random_access and subset:
+        raise ConfigError(
+            "config.classes and config.train_examples_per_class need the in-memory input "
+            "pipeline; set --config.input_pipeline=memory."
         )
-        prepare = functools.partial(_standardize, input_key=input_key, mean=mean, std=std)
-        splits = {
-            split: streaming.StreamingSplit(source, prepare, streaming.description(builder, split))
-            for split, source in sources.items()
-        }
-        eval_arrays = {split: splits[split] for split in eval_splits}
-        info = {"num_classes": num_classes}
-        return data.Dataset(train=splits["train"], eval_splits=eval_arrays, info=info)
-    splits = {
-        split: data.load_tfds_arrays(config.dataset, split, config.data_dir, builder_class)
-        for split in ("train", *eval_splits)
-    }
-    train_inputs = splits["train"][input_key]
+    # One builder: tfds fixes a builder class's file format at its first construction.
+    builder = _builder(config, builder_class, random_access)
+    records, descriptions = _records(
+        config, builder, builder_class, ("train", *eval_splits), random_access, whole=subset
+    )
+    train = records["train"]
     # Statistics of every training image (labels unused), so that runs on different class
     # subsets of one dataset (pretraining, fine-tuning) see their inputs scaled alike.
-    mean, std = _statistics(lambda a, b: train_inputs[a:b], len(train_inputs))
+    mean, std = _cached_statistics(
+        artifacts_dir,
+        descriptions["train"],
+        lambda: _statistics(lambda a, b: train.read(slice(a, b))[input_key], len(train)),
+    )
+    raw_inputs = train.read(slice(0, 1))[input_key]
+    if subset:
+        _check_examples_per_class(train.read(slice(None))["label"], classes, per_class)
+        for split, cap in (("train", per_class), *((name, 0) for name in eval_splits)):
+            chosen = select_classes(records[split].read(slice(None))["label"], classes, cap)
+            records[split] = ArrayRecords(records[split].read(chosen))
     relabel = np.zeros(num_classes, np.int64)
     relabel[classes] = np.arange(len(classes))
-
-    def prepare(arrays, cap=0):
-        chosen = select_classes(arrays["label"], classes, cap)
-        rows = {key: value[chosen] for key, value in arrays.items()}
-        prepared = _standardize(rows, input_key=input_key, mean=mean, std=std)
-        prepared["label"] = relabel[rows["label"]].astype(np.int32)
-        return prepared
-
-    _check_examples_per_class(splits["train"]["label"], classes, per_class)
+    prepare = functools.partial(_prepare, input_key=input_key, mean=mean, std=std, relabel=relabel)
+    splits = {split: data.Split(records[split], prepare, descriptions[split]) for split in records}
     return data.Dataset(
-        train=prepare(splits["train"], per_class),
-        eval_splits={split: prepare(splits[split]) for split in eval_splits},
+        train=splits["train"],
+        eval_splits={split: splits[split] for split in eval_splits},
         info={
             "num_classes": len(classes),
             # What an export needs to prepare raw inputs as above and name the classes.
             "original_classes": [int(c) for c in classes],
             "input_mean": mean.tolist(),
             "input_std": std.tolist(),
-            "raw_shape": list(train_inputs.shape[1:]),
-            "raw_dtype": str(train_inputs.dtype),
+            "raw_shape": list(raw_inputs.shape[1:]),
+            "raw_dtype": str(raw_inputs.dtype),
         },
     )
 

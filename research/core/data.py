@@ -1,4 +1,4 @@
-"""Datasets as in-memory numpy arrays, batches as pure functions of (seed, step).
+"""Datasets of splits (research/core/splits.py), batches as pure functions of (seed, step).
 
 A training batch depends only on the seed and the step, so a resumed run sees exactly the
 batches an uninterrupted one would. Each host takes its own rows of every global batch.
@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from research.core.splits import Arrays, Split, as_split
 from research.errors import UserError
 from research.runtime import parallel
-
-Arrays = dict[str, np.ndarray]  # every array has the same leading (example) dimension
 
 MASK_KEY = "mask"
 
@@ -37,36 +36,45 @@ class MalformedDataError(UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A task's data: the training split, the evaluated splits and facts models need."""
+    """A task's data: the training split, the evaluated splits and facts models need.
 
-    train: Arrays
-    eval_splits: dict[str, Arrays]  # split name ("valid", "test") -> arrays
+    Each split is a `Split` (its raw rows and their preparation); a task may hand arrays held
+    in memory instead, which become one. `info` is the same whichever input pipeline reads
+    the splits.
+    """
+
+    train: Split
+    eval_splits: dict[str, Split]  # split name ("valid", "test") -> split
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. num_classes
     # What the task's score_predictions needs besides predictions (a type the task defines,
     # e.g. the tokenizer and reference texts), or None.
     evaluation_context: Any = None
 
+    def __post_init__(self):
+        object.__setattr__(self, "train", as_split(self.train))
+        splits = {name: as_split(split) for name, split in self.eval_splits.items()}
+        object.__setattr__(self, "eval_splits", splits)
 
-def num_examples(arrays: Arrays) -> int:
-    if not isinstance(arrays, dict):  # a split read on demand (research/core/streaming.py)
-        return len(arrays)
-    sizes = {len(value) for value in arrays.values()}
-    assert len(sizes) == 1, f"arrays of different lengths: {sizes}"
-    return sizes.pop()
+    def held_in_memory(self) -> "Dataset":
+        """Every split prepared whole and held in memory."""
+        return dataclasses.replace(
+            self,
+            train=self.train.held_in_memory(),
+            eval_splits={name: split.held_in_memory() for name, split in self.eval_splits.items()},
+        )
+
+
+def num_examples(split: Split | Arrays) -> int:
+    return as_split(split).num_examples
 
 
 def fingerprint(dataset: Dataset) -> str:
-    """SHA-256 over every array of every split, in a fixed order."""
+    """SHA-256 over every array of every split (of splits read from files: their files'
+    description), in a fixed order."""
     digest = hashlib.sha256()
     splits = {"train": dataset.train, **dataset.eval_splits}
-    for split in sorted(splits):
-        if not isinstance(splits[split], dict):  # streamed: too large to hash, its files named
-            digest.update(f"{split}/{splits[split].description}".encode())
-            continue
-        for key in sorted(splits[split]):
-            array = np.ascontiguousarray(splits[split][key])
-            digest.update(f"{split}/{key}/{array.dtype}/{array.shape}".encode())
-            digest.update(array.tobytes())
+    for name in sorted(splits):
+        splits[name].update_digest(digest, name)
     return digest.hexdigest()
 
 
@@ -260,11 +268,9 @@ def padded_length(buckets: LengthBuckets, indices: np.ndarray) -> int:
     return next(b for b in buckets.boundaries if b >= longest)
 
 
-def _take(arrays: Arrays, indices: np.ndarray, buckets: LengthBuckets | None, length: int):
-    """Rows `indices` of every array, sequences cut to `length` when bucketed."""
-    if not isinstance(arrays, dict):  # a streamed split reads and prepares its rows
-        return arrays.take(indices)
-    rows = {key: value[indices] for key, value in arrays.items()}
+def _take(split: Split | Arrays, indices: np.ndarray, buckets: LengthBuckets | None, length: int):
+    """Prepared rows `indices` of a split, sequences cut to `length` when bucketed."""
+    rows = as_split(split).take(indices)
     if buckets is not None:
         for key in buckets.keys:
             rows[key] = rows[key][:, :length]
@@ -303,7 +309,7 @@ def bucketed_batch_indices(
 
 
 def train_batch(
-    train: Arrays,
+    train: Split | Arrays,
     global_batch_size: int,
     seed: int,
     step: int,
@@ -324,7 +330,7 @@ def train_batch(
     return _take(train, indices[parallel.host_slice(global_batch_size)], buckets, length)
 
 
-def eval_order(arrays: Arrays, buckets: LengthBuckets | None = None) -> np.ndarray:
+def eval_order(arrays: Split | Arrays, buckets: LengthBuckets | None = None) -> np.ndarray:
     """The order in which `eval_batches` visits the examples: by length when bucketed."""
     if buckets is None:
         return np.arange(num_examples(arrays))
@@ -332,7 +338,7 @@ def eval_order(arrays: Arrays, buckets: LengthBuckets | None = None) -> np.ndarr
 
 
 def eval_batches(
-    arrays: Arrays, global_batch_size: int, buckets: LengthBuckets | None = None
+    arrays: Split | Arrays, global_batch_size: int, buckets: LengthBuckets | None = None
 ) -> Iterator[Arrays]:
     """This host's rows of each global evaluation batch, the last one padded.
 
@@ -484,6 +490,6 @@ def _read_array_record(builder, split: str) -> Arrays:
     return {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
 
 
-def rows_of(arrays: Arrays, indices: np.ndarray) -> Arrays:
-    """Rows `indices` of in-memory arrays or of a streamed split: `[len(indices), ...]`."""
-    return _take(arrays, indices, None, 0)
+def rows_of(split: Split | Arrays, indices: np.ndarray) -> Arrays:
+    """Prepared rows `indices` of a split: `[len(indices), ...]`."""
+    return _take(split, indices, None, 0)

@@ -8,91 +8,22 @@ import gc
 import hashlib
 import os
 import queue
-import resource
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from research.core import augmentation as augmentation_lib
 from research.core import data
-from research.core.config import ConfigError
+from research.core.splits import Split
 from research.runtime import parallel
 
-PIPELINES = ("auto", "memory", "grain", "device")
-# "auto" streams a split whose prepared arrays would take more than this share of the memory
-# the process may still use.
-AUTO_MEMORY_SHARE = 0.5
 ROWS_PER_READ = 256  # rows read at once when a split is read whole: bounded memory
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class StreamingSplit:
-    """A split read on demand: `source[i]` is a raw example (a dict of numpy values).
-
-    `prepare` turns stacked raw rows into the task's arrays (normalizing, casting); it is
-    pickled into Grain's worker processes, so it must be a module-level function or a
-    `functools.partial` of one. `description` names the data for the run's fingerprint.
-    """
-
-    source: Any  # random access: len(), read(indices) -> {feature: [rows, ...]}
-    prepare: Callable[[data.Arrays], data.Arrays]
-    description: str
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def raw(self, indices) -> data.Arrays:
-        """Raw rows `indices`, stacked: `{feature: [rows, ...]}`."""
-        return self.source.read([int(i) for i in indices])
-
-    def take(self, indices) -> data.Arrays:
-        """Prepared rows `indices`: what the in-memory path's arrays hold at those rows."""
-        return self.prepare(self.raw(indices))
-
-
-def check_pipeline(config) -> str:
-    """`config.input_pipeline`, checked."""
-    pipeline = config.get("input_pipeline", "auto")
-    if pipeline not in PIPELINES:
-        raise ConfigError(
-            f"config.input_pipeline '{pipeline}' is unknown; choose one of {', '.join(PIPELINES)}."
-        )
-    return pipeline
-
-
-def memory_available_bytes() -> int:
-    """What this process may still allocate: free memory, or less under an RLIMIT_DATA."""
-    import psutil
-
-    available = psutil.virtual_memory().available
-    limit, _ = resource.getrlimit(resource.RLIMIT_DATA)
-    if limit != resource.RLIM_INFINITY:
-        with open("/proc/self/status") as status:
-            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData"))
-        available = min(available, limit - used)
-    return available
-
-
-def choose_pipeline(requested: str, what: str, prepared_bytes: int) -> str:
-    """The pipeline for a split whose prepared arrays take `prepared_bytes` (logged): the
-    requested one, or for "auto" "memory" or "grain"."""
-    if requested != "auto":
-        logging.info("Reading %s through the %s input pipeline (config).", what, requested)
-        return requested
-    available = memory_available_bytes()
-    if prepared_bytes > AUTO_MEMORY_SHARE * available:
-        logging.warning(
-            "Reading %s through Grain: its arrays (%.0f MB) would take more than half of the "
-            "%.0f MB this process may still use.",
-            what, prepared_bytes / 2**20, available / 2**20,
-        )  # fmt: skip
-        return "grain"
-    logging.info("Reading %s into memory (%.0f MB).", what, prepared_bytes / 2**20)
-    return "memory"
+# What Grain streams: a `Split` whose records are read from files.
+StreamingSplit = Split
 
 
 def tfds_source(builder, split: str) -> "TfdsRecords":
@@ -108,12 +39,15 @@ def tfds_source(builder, split: str) -> "TfdsRecords":
 
 
 class TfdsRecords:
-    """A tfds split's serialized rows, decoded a batch at a time by one TF function per process.
+    """A tfds split's serialized rows (`splits.Records`), decoded a batch at a time by one TF
+    function per process.
 
     tfds' own data source decodes row by row in Python: for Fashion-MNIST's PNG images that is
     1.8x the CPU of decoding the batch's rows in one `tf.function` (13 against 7 ms per 128; see
     benchmarks/NOTES.md), CPU the Grain workers take from the training step.
     """
+
+    rows_per_read = ROWS_PER_READ
 
     def __init__(self, records, features):
         self.records, self.features, self._decode = records, features, None
@@ -124,8 +58,9 @@ class TfdsRecords:
     def __getstate__(self) -> dict:  # the compiled function stays in the process that made it
         return {**self.__dict__, "_decode": None}
 
-    def read(self, indices: list[int]) -> data.Arrays:
-        """Rows `indices`, decoded and stacked: `{feature: [rows, ...]}`."""
+    def read(self, indices) -> data.Arrays:
+        """Rows `indices` (row numbers or a slice), decoded and stacked."""
+        indices = [int(i) for i in np.arange(len(self))[indices]]
         if self._decode is None:
             tf = data.import_tensorflow()
             spec = tf.nest.map_structure(
@@ -142,13 +77,9 @@ class TfdsRecords:
         return {key: value.numpy() for key, value in rows.items()}
 
 
-def read_whole(split: StreamingSplit) -> data.Arrays:
-    """Every prepared row of a split, in order (for small evaluation splits)."""
-    parts = [
-        split.take(range(start, min(start + ROWS_PER_READ, len(split))))
-        for start in range(0, len(split), ROWS_PER_READ)
-    ]
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+def read_whole(split: Split) -> data.Arrays:
+    """Every prepared row of a split, in order, read `ROWS_PER_READ` rows at a time."""
+    return split.arrays
 
 
 def description(builder, split: str) -> str:
@@ -166,7 +97,7 @@ def description(builder, split: str) -> str:
 class BatchReader:
     """Builds this host's rows of the global batch at a step (in a Grain worker process)."""
 
-    split: StreamingSplit
+    split: Split
     global_batch_size: int
     seed: int
     rows: slice  # this host's rows of every global batch
@@ -177,7 +108,7 @@ class BatchReader:
         step = int(step)
         # The in-memory path's own index function: the two paths cannot drift apart.
         indices = data.train_batch_indices(
-            len(self.split), self.global_batch_size, self.seed, step, self.order
+            self.split.num_examples, self.global_batch_size, self.seed, step, self.order
         )
         batch = self.split.take(indices[self.rows])
         return augmentation_lib.augment(
@@ -298,7 +229,7 @@ class Prefetcher:
         self._thread = self._next = self._queue = self._stopping = None
 
 
-def stream(split: StreamingSplit, config, augmentation, workers: int) -> Stream:
+def stream(split: Split, config, augmentation, workers: int) -> Stream:
     """The training `Stream` of `split` for `config` (batch size, seed, steps)."""
     reader = BatchReader(
         split, config.batch_size, config.seed, parallel.host_slice(config.batch_size),

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from research.core import augmentation as augmentation_lib
-from research.core import data, evaluation, optimizers, precision, steps, streaming
+from research.core import data, evaluation, input_pipeline, optimizers, precision, steps
 from research.core import interval as interval_lib
 from research.core.config import ConfigError, check_parameter_patterns, validate
 from research.core.task import Task
@@ -44,74 +44,28 @@ class Run:
     state: steps.TrainState
     state_shardings: Any
     train_rng: jax.Array  # replicated on the mesh
-    train_step: Callable  # jitted (state, batches, rng) -> (state, outputs), see `train_batches`
-    train_buckets: data.LengthBuckets | None
+    # Jitted (state, device_batches(step), rng, *resident) -> (state, outputs).
+    train_step: Callable
+    source: input_pipeline.TrainingSource  # the training batches, from the config's pipeline
     evaluate: evaluation.Evaluator
     writer: workdir_lib.Writer
     checkpointer: checkpoints.Checkpointer
     lock: workdir_lib.Lock
     start_time: float
-    augmentation: augmentation_lib.Augmentation | None = None
-    train_stream: streaming.Stream | None = None  # with a streamed training split
-    # After the rng, what `train_step` also takes: with input_pipeline "device", the training
-    # split replicated on every device (then `train_batches` gives row indices).
-    resident: tuple = ()
-    _prefetcher: streaming.Prefetcher | None = None  # streamed: makes `device_batches`
 
-    def train_batch(self, step: int) -> data.Arrays:
-        """This host's rows of the global batch at `step`, from either input path."""
-        if self.train_stream is not None:
-            return self.train_stream.batch(step)
-        config = self.config
-        batch = data.train_batch(
-            self.dataset.train, config.batch_size, config.seed, step, self.train_buckets,
-            config.get("train_order", "numpy"),
-        )  # fmt: skip
-        rows = parallel.host_slice(config.batch_size)
-        return augmentation_lib.augment(
-            batch, self.augmentation, config.batch_size, config.seed, step, rows
-        )
+    @property
+    def resident(self) -> tuple:
+        """What `train_step` takes after the rng: with input_pipeline "device", the training
+        split on every device."""
+        return self.source.resident
 
-    def train_batches(self, step: int) -> data.Arrays:
-        """What one call of `train_step` takes from `step` on: `train_batch(step)`, or with
-        `steps_per_dispatch = k` the batches of steps `step .. step + k - 1` stacked:
-        `[k, host_batch, ...]`."""
-        config = self.config
-        count = config.get("steps_per_dispatch", 1)
-        if self.resident and config.get("train_order", "numpy") == "hash":
-            return {}  # the step draws its rows itself (`data.device_train_indices`)
-        if self.resident:
-            indices = data.host_train_indices(
-                data.num_examples(self.dataset.train), config.batch_size, config.seed, step,
-                count, config.get("train_order", "numpy"),
-            )  # fmt: skip
-            return indices[0] if count == 1 else indices
-        if count == 1:
-            return self.train_batch(step)
-        batches = [self.train_batch(s) for s in range(step, step + count)]
-        return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
-
-    def device_batches(self, step: int) -> data.Arrays:
-        """`train_batches(step)` as global arrays on the mesh, each process giving its rows
-        (streamed: prepared by a thread ahead)."""
-        count = self.config.get("steps_per_dispatch", 1)
-        put = lambda at: parallel.put_batch(self.train_batches(at), self.mesh, steps=count > 1)
-        if self.train_stream is None:
-            return put(step)
-        if self._prefetcher is None:
-            self._prefetcher = streaming.Prefetcher(
-                put,
-                stride=count,
-                stop=self.config.num_train_steps,
-            )
-        return self._prefetcher.get(step)
+    def device_batches(self, step: int):
+        """What one call of `train_step` takes from `step` on, as global arrays on the mesh."""
+        return self.source.device_batches(step)
 
     def close(self) -> None:
         """Finishes checkpoint writes in flight (also after an error) and frees the workdir."""
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-        if self.train_stream is not None:
-            self.train_stream.close()
+        self.source.close()
         self.checkpointer.close()
         self.writer.close()
         self.lock.release()
@@ -123,7 +77,7 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
         raise ConfigError(
             f"config.data_dir={config.data_dir} is a file; set --config.data_dir to a folder."
         )
-    pipeline = streaming.check_pipeline(config)
+    pipeline = input_pipeline.requested(config)
     if pipeline in ("grain", "device") and tuple(config.get("bucket_boundaries", ())):
         raise ConfigError(
             "config.bucket_boundaries needs the in-memory input pipeline; set "
@@ -196,29 +150,18 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR)
     incoming = os.path.join(workdir, INCOMING_ARTIFACTS)
     dataset = _load_data(task, incoming if replacing else artifacts)
-    if config.get("input_pipeline") == "grain" and isinstance(dataset.train, dict):
+    pipeline, dataset = input_pipeline.choose(config, dataset)
+    drawn_on_device = pipeline == "device" and config.get("train_order", "numpy") == "hash"
+    if drawn_on_device and dataset.train.num_examples * config.batch_size >= 2**31:
         raise ConfigError(
-            f"Task '{config.task}' reads its data into memory only; set "
-            "--config.input_pipeline=memory."
-        )
-    if config.get("input_pipeline") == "device" and not isinstance(dataset.train, dict):
-        raise ConfigError(
-            f"The training split of {config.get('dataset', config.task)} is streamed from "
-            "files, too large to copy to every device; set --config.input_pipeline=grain."
-        )
-    drawn_on_device = (
-        config.get("input_pipeline") == "device" and config.get("train_order", "numpy") == "hash"
-    )
-    if drawn_on_device and data.num_examples(dataset.train) * config.batch_size >= 2**31:
-        raise ConfigError(
-            f"config.batch_size={config.batch_size} times the {data.num_examples(dataset.train)} "
+            f"config.batch_size={config.batch_size} times the {dataset.train.num_examples} "
             "training examples reaches 2**31, past the int32 positions the device draws its "
             "batches with; set --config.train_order=numpy or a smaller batch size."
         )
     model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    example_batch = data.rows_of(dataset.train, np.arange(1))
+    example_batch = dataset.train.take(np.arange(1))
     augmentation = augmentation_lib.from_config(config, task.image_keys)
     augmentation_lib.augment(example_batch, augmentation, 1, config.seed, 0, slice(0, 1))
     initialize = functools.partial(
@@ -264,13 +207,13 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         record["initialized_from"] = initialized_from
     writer.write_run(record)
 
-    boundaries = tuple(config.get("bucket_boundaries", ()))
-    train_buckets = train_stream = None
-    if not isinstance(dataset.train, dict):  # streamed from ArrayRecord files by Grain
-        workers = config.get("input_workers", 2)
-        train_stream = streaming.stream(dataset.train, config, augmentation, workers)
-    elif boundaries:
+    boundaries = tuple(config.get("bucket_boundaries", ()))  # memory only (checked above)
+    train_buckets = None
+    if boundaries:
         train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
+    source = input_pipeline.training_source(
+        pipeline, dataset.train, config, mesh, augmentation=augmentation, buckets=train_buckets
+    )
     eval_batch_size = config.get("eval_batch_size", config.batch_size)
     evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, mesh, boundaries)
     step_settings = dict(
@@ -287,32 +230,16 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     else:
         unroll = config.get("steps_per_dispatch_unroll", True)
         train_step = functools.partial(steps.train_steps, unroll=unroll, **step_settings)
-    resident = ()
-    if config.get("input_pipeline") == "device":
-        resident = (parallel.put_replicated(dataset.train, mesh),)
-        draw = None
-        if drawn_on_device:  # the rows of each step, drawn by the device itself
-            draw = functools.partial(
-                data.device_train_indices,
-                num_train_examples=data.num_examples(dataset.train),
-                global_batch_size=config.batch_size,
-                seed=config.seed,
-                count=config.get("steps_per_dispatch", 1),
-            )
-        batch_layout = parallel.batch_sharding(mesh, steps=config.get("steps_per_dispatch", 1) > 1)
-        train_step = functools.partial(
-            steps.train_step_on_resident_data, step=train_step, batch_sharding=batch_layout,
-            draw_indices=draw,
-        )  # fmt: skip
     train_step = jax.jit(
-        train_step, out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=0
+        source.step_function(train_step),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=0,
     )
     train_rng = parallel.put_replicated(train_rng, mesh)
     parallel.wait_for_processes("ready")  # process 0 alone wrote the records
     return Run(
         config, workdir, task, dataset, mesh, state, state_shardings, train_rng, train_step,
-        train_buckets, evaluate, writer, checkpointer, lock, start_time, augmentation,
-        train_stream, resident,
+        source, evaluate, writer, checkpointer, lock, start_time,
     )  # fmt: skip
 
 
