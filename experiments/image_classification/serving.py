@@ -67,7 +67,7 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
             "class": jnp.argmax(logits, axis=-1).astype(jnp.int32),
         }
 
-    input_shape = tuple(dataset.train["inputs"].shape[1:])
+    input_shape = tuple(dataset.train.take(np.arange(1))["inputs"].shape[1:])  # not read whole
     return ExportSpec(
         functions={"predict": Function(predict, [("inputs", "float32", input_shape)])},
         default_function="predict",

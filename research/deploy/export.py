@@ -180,7 +180,7 @@ def _restore(config, task, workdir: str, directory: str, step: int):
         artifacts = scratch
     dataset = task.load_data(artifacts)
     model = task.create_model(dataset.info)
-    example = {key: value[:1] for key, value in dataset.train.items()}
+    example = dataset.train.take(np.arange(1))  # one row: a split may be read from files
     like = steps.create_train_state(
         jax.random.PRNGKey(0), model, task, example, optimizers.create_optimizer(config)
     )
