@@ -1,11 +1,17 @@
 """The library knows no task: no module under research/ imports experiments/, at its top, inside
-a function, or by a module name handed to importlib (checked on the source, nothing is run)."""
+a function, or by a module name handed to importlib (checked on the source, nothing is run); the
+task options of export, predict and serve are declared by each task's serving module."""
 
 import ast
+import os
 import pathlib
 import re
 
-from tests.helpers import REPO_ROOT
+import pytest
+
+import experiments
+from research.deploy import options
+from tests.helpers import REPO_ROOT, load_config, run_module
 
 # Calls that import (or find) the module their first argument names.
 IMPORTING_CALLS = ("import_module", "__import__", "find_spec", "run_module")
@@ -72,3 +78,42 @@ def test_nothing_under_research_imports_experiments():
         for line in imports_of_experiments(path.read_text())
     ]
     assert found == [], f"research/ imports experiments/ at {found}"
+
+
+def test_each_serving_module_declares_its_options_and_a_name_two_tasks_share_is_one_flag():
+    serving = experiments.serving_modules()
+    assert list(serving) == list(experiments.TASKS)
+    export_options = options.declared(serving, "EXPORT_OPTIONS")
+    assert list(export_options) == ["beam_sizes", "max_prompt_length", "max_new_tokens"]
+    predict_options = options.declared(serving, "PREDICT_OPTIONS")
+    assert sorted(predict_options) == [
+        "beam_size", "length_penalty", "max_new_tokens", "seed", "temperature", "top_k", "top_p"
+    ]  # fmt: skip
+    top_k = predict_options["top_k"]
+    assert top_k.kind is int
+    image = serving["image_classification"].PREDICT_OPTIONS["top_k"].help
+    language = serving["language_modeling"].PREDICT_OPTIONS["top_k"].help
+    assert top_k.help == f"{image} {language}"
+    assert image.startswith("Image classification: ") and language.startswith("Language modeling")
+
+
+def test_the_serve_command_lists_every_task_option_in_its_help():
+    result = run_module("experiments.serve", "--help", timeout=120)
+    help_text = " ".join(result.stdout.split())
+    serving = experiments.serving_modules()
+    for name, option in options.declared(serving, "PREDICT_OPTIONS").items():
+        assert f"--{name}: {' '.join(option.help.split())}" in help_text, name
+    assert "--port: The port to listen on." in help_text  # the server's own flags too
+
+
+def test_seq2seq_export_refuses_beam_sizes_that_are_not_whole_numbers_in_one_sentence():
+    serving = experiments.serving_modules()["seq2seq"]
+    config = load_config(os.path.join(REPO_ROOT, "experiments/seq2seq/configs/scan_transformer.py"))
+    cases = {
+        ("1", "x"): "--beam_sizes=1,x must be whole numbers, such as --beam_sizes=1,4.",
+        ("0", "2"): "--beam_sizes=0,2 must all be at least 1.",
+    }
+    for sizes, message in cases.items():
+        with pytest.raises(serving.InputError) as error:
+            serving.export_spec(config, None, None, "", {"beam_sizes": list(sizes)})
+        assert str(error.value) == message

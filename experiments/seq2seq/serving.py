@@ -51,7 +51,7 @@ def export_spec(config, model, dataset: data.Dataset, artifacts_dir: str, option
             "--beam_sizes=1,4."
         ) from None
     if min(beam_sizes) < 1:
-        raise InputError(f"--beam_sizes={beam_sizes} must all be at least 1.")
+        raise InputError(f"--beam_sizes={','.join(map(str, sizes))} must all be at least 1.")
 
     def decoder(beam_size):
         def decode(variables, inputs, length_penalty):

@@ -107,7 +107,7 @@ class ExportedModel:
         except FileNotFoundError:
             raise ModelDirectoryError(
                 f"{self.directory} holds no {SIGNATURE_FILE}; pass a directory written by "
-                "python -m research.deploy.export."
+                "python -m experiments.export."
             ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ModelDirectoryError(
