@@ -6,6 +6,8 @@ import ast
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -117,3 +119,17 @@ def test_seq2seq_export_refuses_beam_sizes_that_are_not_whole_numbers_in_one_sen
         with pytest.raises(serving.InputError) as error:
             serving.export_spec(config, None, None, "", {"beam_sizes": list(sizes)})
         assert str(error.value) == message
+
+
+def test_the_commands_run_from_any_directory_as_the_readme_installs_them(tmp_path):
+    """The README's setup (`pip install ... -e .`) puts the packages on the import path."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for module, first_line in (
+        ("experiments.predict", "Predicts from the command line with an exported model"),
+        ("research.compare.report", "usage: report.py"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.stdout.startswith(first_line), result.stderr
