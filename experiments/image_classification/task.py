@@ -164,8 +164,7 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             f"config.train_examples_per_class is {per_class}; set it to 0 (all) or more."
         )
     subset = len(classes) != num_classes or per_class > 0
-    # Grain reads rows at random, which only ArrayRecord files allow.
-    random_access = input_pipeline.requested(config) == "grain"
+    random_access = input_pipeline.reads_at_random(config)  # which only ArrayRecord files allow
     if random_access and subset:
         raise ConfigError(
             "config.classes and config.train_examples_per_class need the in-memory input "

@@ -65,6 +65,7 @@ class Dataset:
 
 
 def num_examples(split: Split | Arrays) -> int:
+    """The number of rows of a split (or of arrays held in memory)."""
     return as_split(split).num_examples
 
 

@@ -37,6 +37,12 @@ def requested(config: ml_collections.ConfigDict) -> str:
     return pipeline
 
 
+def reads_at_random(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config asks for Grain, which reads the rows of a split at random from its
+    files: a task then hands records of files that allow it (ArrayRecord), not arrays."""
+    return requested(config) == "grain"
+
+
 def memory_available_bytes() -> int:
     """What this process may still allocate: free memory, or less under an RLIMIT_DATA."""
     import psutil
