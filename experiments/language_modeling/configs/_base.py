@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Generated at every evaluation into examples.jsonl (split "samples").
     config.samples = ml_collections.ConfigDict(
         {
-            "prompts": ("And God said", "The "),
+            "prompts": ("And God said", "The LORD is my shepherd", "Jesus answered and said"),
             "num_samples": 2,  # per prompt; 0: none
             "max_new_tokens": 100,
             "temperature": 0.8,

@@ -14,7 +14,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_stride = 16
     config.model = _base.transformer(num_layers=4, width=128, num_heads=4, mlp_width=512,
                                      positions="rotary", max_length=64)  # fmt: skip
-    config.samples.prompts = ("And God said", "The LORD is my shepherd", "Jesus answered and said")
     config.samples.max_new_tokens = 40
     # Sized for one hour on two otherwise idle AMD EPYC cores (about 3 steps/s): 10,000 steps of
     # 2,048 tokens, about 20 passes over the 1M-token train split, the cosine decaying to 0 at
