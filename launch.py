@@ -186,20 +186,22 @@ def main(argv: list[str]) -> None:
     # Import after flag parsing so XLA sees the environment the user set.
     import experiments
     from research.core import trainer
+    from research.core.config import with_defaults
     from research.errors import UserError
     from research.runtime import parallel, preemption, reproduce
+    from research.runtime import workdir as workdir_lib
 
     try:
         init_from = FLAGS.init_from
         if FLAGS.reproduce:
             reproduce.check_finished(FLAGS.reproduce)
-            config = reproduce.load_config(FLAGS.reproduce)
+            config = workdir_lib.read_config(FLAGS.reproduce)
             workdir = FLAGS.workdir or f"{FLAGS.reproduce.rstrip('/')}-reproduced"
             init_from = init_from or reproduce.initialized_from(FLAGS.reproduce)
         else:
-            config = FLAGS.config
+            config = with_defaults(FLAGS.config)  # every key the library reads, once
             workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
-        _append_xla_flags(config.get("xla_flags", ""))
+        _append_xla_flags(config.xla_flags)
         if FLAGS.coordinator_address or FLAGS.distributed:
             parallel.initialize_distributed(
                 FLAGS.coordinator_address,
@@ -215,7 +217,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.reproduce:
             report = reproduce.compare(FLAGS.reproduce, workdir)
             print(reproduce.describe(report))
-            sys.exit(0 if report["params_match"] and report["metrics_match"] else 1)
+            sys.exit(0 if report["reproduced"] else 1)
     except preemption.Preempted as stop:
         print(stop, file=sys.stderr)
         sys.exit(0)

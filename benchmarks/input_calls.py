@@ -26,7 +26,7 @@ def main() -> None:
 
     benchmark = suite.BY_NAME[name]
     config = suite.load_config(benchmark, quick=False)
-    os.environ["XLA_FLAGS"] = config.get("xla_flags", "")  # before the backend starts
+    os.environ["XLA_FLAGS"] = config.xla_flags  # before the backend starts
     from research.core import trainer
     from research.runtime import workdir as workdir_lib
 
@@ -48,7 +48,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(artifacts, ignore_errors=True)
-    per_call = config.get("steps_per_dispatch", 1)
+    per_call = config.steps_per_dispatch
     input_ms = np.array(calls[1:]) * 1e3
     loop_s = (num_steps - per_call) / summary["steps_per_second"]
     print(f"{name}: {summary['steps_per_second']:.2f} steps/s, steady "

@@ -43,7 +43,7 @@ def main() -> None:
         config.num_train_steps = args.steps
     config.eval_every_steps = config.num_train_steps
     task = suite.get_task(config)
-    per_call = config.get("steps_per_dispatch", 1)
+    per_call = config.steps_per_dispatch
     pairs = []  # (step, loop steps/s, bare steps/s)
     original = interval_lib.Interval.summarize
 

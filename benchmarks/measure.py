@@ -79,7 +79,7 @@ def bare_step(config, task, dataset) -> dict:
     parameters = sum(leaf.size for leaf in jax.tree.leaves(run.state.params))
     carry = {"state": run.state}
     # With steps_per_dispatch = k, one call runs k steps on stacked batches.
-    per_call = config.get("steps_per_dispatch", 1)
+    per_call = config.steps_per_dispatch
     batch = run.device_batches(0)
     rng = run.train_rng
     start = time.perf_counter()
@@ -154,7 +154,7 @@ def loop_config(config, bare_steps_per_s: float, mode: str, max_steps: int | Non
     low, high = LOOP_STEPS[mode]
     if mode == "full" and max_steps:
         high = max_steps
-    per_call = config.get("steps_per_dispatch", 1)
+    per_call = config.steps_per_dispatch
     num_steps = int(min(high, max(low, LOOP_BUDGET_S[mode] * bare_steps_per_s)))
     num_steps -= num_steps % per_call  # every cadence is a multiple of steps_per_dispatch
     log_every = config.log_every_steps
@@ -165,7 +165,7 @@ def loop_config(config, bare_steps_per_s: float, mode: str, max_steps: int | Non
     short.num_train_steps = num_steps
     short.log_every_steps = log_every
     short.eval_every_steps = num_steps
-    short.warmup_steps = min(config.get("warmup_steps", 0), num_steps - 1)
+    short.warmup_steps = min(config.warmup_steps, num_steps - 1)
     cadence = (
         f"{num_steps} steps, log every {log_every} (config {config.log_every_steps}), "
         f"checkpoint every {min(num_steps, config.checkpoint_every_steps)} "

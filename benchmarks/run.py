@@ -91,7 +91,7 @@ def run_benchmark(
     the bare step's executable instead of compiling it a second time. The config's
     `xla_flags` are added to the process's XLA_FLAGS, as launch.py does."""
     config = suite.load_config(suite.BY_NAME[name], mode == "quick", parse_settings(settings))
-    xla_flags = f"{xla_flags} {config.get('xla_flags', '')}".strip()
+    xla_flags = f"{xla_flags} {config.xla_flags}".strip()
     cache_dir = tempfile.mkdtemp(prefix="benchmark_cache_")
     row_file = os.path.join(cache_dir, "row.json")
     command = [sys.executable, os.path.abspath(__file__), "--child", name, "--mode", mode,

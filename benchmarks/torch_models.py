@@ -182,7 +182,7 @@ def create_optimizer(model: nn.Module, config: ml_collections.ConfigDict):
     Weight decay applies to tensors of two or more dimensions only (the `_is_matrix` mask):
     coupled (added to the gradient) for SGD-family optimizers, decoupled for adamw.
     """
-    decay_rate = config.get("weight_decay", 0.0)
+    decay_rate = config.weight_decay
     matrices = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": matrices, "weight_decay": decay_rate}, {"params": others}]
@@ -195,7 +195,7 @@ def create_optimizer(model: nn.Module, config: ml_collections.ConfigDict):
         optimizer = torch.optim.SGD(
             groups,
             lr=rate,
-            momentum=config.get("momentum", 0.9),
+            momentum=config.momentum,
             nesterov=name == "nesterov",
             weight_decay=0.0,
         )
@@ -207,8 +207,8 @@ def create_optimizer(model: nn.Module, config: ml_collections.ConfigDict):
 
 def _schedule_factor(config: ml_collections.ConfigDict) -> Callable[[int], float]:
     """The learning rate at a step over the peak rate (constant or warmup_cosine)."""
-    schedule = config.get("schedule", "constant")
-    warmup, total = config.get("warmup_steps", 0), config.num_train_steps
+    schedule = config.schedule
+    warmup, total = config.warmup_steps, config.num_train_steps
     assert schedule in ("constant", "warmup_cosine"), schedule
 
     def factor(step: int) -> float:
@@ -278,7 +278,7 @@ def create_train_step(
     model = create_model(config, info, batch)
     model.train()
     optimizer, scheduler = create_optimizer(model, config)
-    clip_norm = config.get("grad_clip_norm", 0.0)
+    clip_norm = config.grad_clip_norm
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)

@@ -26,7 +26,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 import jax  # noqa: E402 (after the path is set)
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from research.core import data, evaluation, optimizers, steps, trainer  # noqa: E402
@@ -38,8 +37,7 @@ def load_run(workdir: str, overrides: dict):
     """The run's config (with `overrides`), task, dataset, model and an initialized state."""
     from experiments.seq2seq import task as seq2seq
 
-    with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as file:
-        config = ml_collections.ConfigDict(json.load(file))
+    config = workdir_lib.read_config(workdir)
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         target = config
@@ -111,7 +109,7 @@ def decode_speed(config, task, dataset, model, state, split: str, buckets):
     """Seconds and real tokens/s of beam search over `split`, with its BLEU (second pass)."""
     arrays = dataset.eval_splits[split]
     predict_step = jax.jit(functools.partial(steps.predict_step, model=model, task=task))
-    mesh = parallel.make_mesh(config.get("mesh") or {})
+    mesh = parallel.make_mesh(config.mesh)
     device_state = parallel.put_replicated(state, mesh)
     batch_size = config.eval_batch_size
     evaluation.predictions_of_split(predict_step, device_state, arrays, batch_size, mesh, buckets)
@@ -178,7 +176,7 @@ def measure_bleu(arguments) -> dict:
     config, task, dataset, model, state = load_run(arguments.workdir, overrides)
     trained, averaged = trained_state(arguments.workdir, state, arguments.average_last)
     predict_step = jax.jit(functools.partial(steps.predict_step, model=model, task=task))
-    mesh = parallel.make_mesh(config.get("mesh") or {})
+    mesh = parallel.make_mesh(config.mesh)
     device_state = parallel.put_replicated(trained, mesh)
     results = {"checkpoints": averaged, **overrides}
     for split in arguments.splits.split(","):

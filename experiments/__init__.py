@@ -19,9 +19,9 @@ TASKS = ("regression", "image_classification", "seq2seq", "language_modeling")
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
     """The `Task` that `config.task` names, built from the config."""
-    if config.get("task") not in TASKS:
+    if config.task not in TASKS:
         raise ConfigError(
-            f"config.task '{config.get('task')}' is not a task here; set --config.task to one of "
+            f"config.task '{config.task}' is not a task here; set --config.task to one of "
             f"{', '.join(TASKS)}."
         )
     return importlib.import_module(f"experiments.{config.task}.task").get_task(config)

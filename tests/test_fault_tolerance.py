@@ -168,3 +168,25 @@ def test_reproduce_reports_a_match_and_the_first_differing_step(data_dir, tmp_pa
     different = helpers.launch(f"--reproduce={original}", f"--workdir={tmp_path / 'third'}")
     assert different.returncode == 1
     assert "metrics first differ at step 20 (train loss" in different.stdout
+
+
+def test_reproduce_says_when_the_init_from_checkpoint_changed_since_the_original(tmp_path):
+    from research.runtime import reproduce
+
+    for name, started_from in (("original", "a" * 64), ("rerun", "b" * 64)):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / workdir_lib.SUMMARY_FILE).write_text(json.dumps({"params_sha256": "c" * 64}))
+        (workdir / workdir_lib.METRICS_FILE).write_text(
+            json.dumps({"step": 1, "split": "train", "loss": 0.5}) + "\n"
+        )
+        source = {"workdir": "/runs/pretrain", "step": 4, "params_sha256": started_from}
+        (workdir / workdir_lib.RUN_FILE).write_text(json.dumps({"initialized_from": source}))
+    report = reproduce.compare(str(tmp_path / "original"), str(tmp_path / "rerun"))
+    assert report["params_match"] and report["metrics_match"] and not report["init_from_match"]
+    assert reproduce.describe(report).splitlines() == [
+        "NOT reproduced:",
+        f"  the --init_from checkpoint /runs/pretrain@4 has changed since the original run "
+        f"started from it (params_sha256 {'b' * 64} != recorded {'a' * 64}), so the rerun did "
+        "not start from the same parameters",
+    ]

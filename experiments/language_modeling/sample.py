@@ -15,17 +15,16 @@ from experiments.language_modeling import generation, task, tokenizers
 from research.core import steps
 from research.deploy import export
 from research.errors import UserError
-from research.runtime import checkpoints, reproduce
+from research.runtime import checkpoints
 from research.runtime import workdir as workdir_lib
 
 
 def load_run(workdir: str):
     """(model, params, tokenizer) of the newest checkpoint of a language-modeling run."""
-    config = reproduce.load_config(workdir)
-    if config.get("task") != "language_modeling":
+    config = workdir_lib.read_config(workdir)
+    if config.task != "language_modeling":
         raise workdir_lib.WorkdirError(
-            f"{workdir} holds a '{config.get('task')}' run; pass the workdir of a "
-            "language_modeling run."
+            f"{workdir} holds a '{config.task}' run; pass the workdir of a language_modeling run."
         )
     artifacts = os.path.join(workdir, workdir_lib.ARTIFACTS_DIR, task.TOKENIZER_DIR)
     tokenizer = tokenizers.load_tokenizer(artifacts)

@@ -93,7 +93,7 @@ def reference_metrics(config: ml_collections.ConfigDict, dataset: data.Dataset):
     convergence on the training split and evaluated on every evaluated split."""
     train = dataset.train
     inverse_regularization = sklearn_inverse_regularization(
-        config.get("weight_decay", 0.0), len(train["target"])
+        config.weight_decay, len(train["target"])
     )
     model = linear_model.LogisticRegression(C=inverse_regularization, tol=1e-10, max_iter=10_000)
     model.fit(train["features"].astype(np.float64), train["target"])

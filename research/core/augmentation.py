@@ -14,11 +14,6 @@ from research.core.config import ConfigError
 AUGMENTATION_STREAM = 2
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.augmentation` of image configs: off unless a config turns it on."""
-    return ml_collections.ConfigDict({"crop_padding": 0, "horizontal_flip": False})
-
-
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """What to do to the images under `key`: `[batch, height, width, channels]`."""
@@ -33,13 +28,9 @@ class Augmentation:
 
 
 def from_config(config: ml_collections.ConfigDict, image_keys: tuple[str, ...]):
-    """The config's `Augmentation`, or None when it is off or the config has none."""
-    settings = config.get("augmentation")
-    if settings is None:
-        return None
-    augmentation = Augmentation(
-        "", int(settings.get("crop_padding", 0)), bool(settings.get("horizontal_flip", False))
-    )
+    """The config's `Augmentation` (`config.augmentation`), or None when it is off."""
+    settings = config.augmentation
+    augmentation = Augmentation("", int(settings.crop_padding), bool(settings.horizontal_flip))
     if augmentation.crop_padding < 0:
         raise ConfigError(
             f"config.augmentation.crop_padding is {augmentation.crop_padding}; set it to 0 "

@@ -99,8 +99,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     for key in NON_NEGATIVE_INTEGERS:
         if key in config and config[key] < 0:
             raise ConfigError(f"config.{key} is {config[key]}; set --config.{key} to 0 or more.")
-    averaged = config.get("average_last_checkpoints", 0)
-    if averaged > config.get("keep_checkpoints", 3):
+    averaged = config.average_last_checkpoints
+    if averaged > config.keep_checkpoints:
         raise ConfigError(
             f"config.average_last_checkpoints={averaged} exceeds the {config.keep_checkpoints} "
             f"checkpoints kept; set --config.keep_checkpoints to {averaged} or more."
@@ -122,17 +122,17 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             f"config.optimizer '{config.optimizer}' is unknown; "
             f"choose one of {', '.join(optimizers.OPTIMIZERS)}."
         )
-    schedule = config.get("schedule", "constant")
+    schedule = config.schedule
     if schedule not in optimizers.SCHEDULES:
         raise ConfigError(
             f"config.schedule '{schedule}' is unknown; "
             f"choose one of {', '.join(optimizers.SCHEDULES)}."
         )
     for key in ("weight_decay", "grad_clip_norm"):
-        if config.get(key, 0.0) < 0:
+        if config[key] < 0:
             raise ConfigError(f"config.{key} is {config[key]}; set it to 0 (off) or more.")
     _check_scaling(config, device_count)
-    boundaries = config.get("decay_boundaries", ())
+    boundaries = config.decay_boundaries
     if schedule == "step" and not all(0 < fraction < 1 for fraction in boundaries):
         raise ConfigError(
             "config.decay_boundaries must be fractions of num_train_steps between 0 and 1; "
@@ -143,29 +143,24 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
 
 def _patterns(config: ml_collections.ConfigDict) -> dict[str, tuple]:
     """{key: its regular expressions} of the keys that select parameters by path."""
-    init = config.get("init") or {}
     return {
-        "frozen": tuple(config.get("frozen", ())),
-        "init.reinitialize": tuple(init.get("reinitialize", ())),
+        "frozen": tuple(config.frozen),
+        "init.reinitialize": tuple(config.init.reinitialize),
         "learning_rate_multipliers": tuple(
             pair[0] if isinstance(pair, list | tuple) and pair else pair
-            for pair in config.get("learning_rate_multipliers", ())
+            for pair in config.learning_rate_multipliers
         ),
     }
 
 
 def _check_pattern_syntax(config: ml_collections.ConfigDict) -> None:
-    init = config.get("init") or {}
-    for key, value in (
-        ("frozen", config.get("frozen")),
-        ("init.reinitialize", init.get("reinitialize")),
-    ):
+    for key, value in (("frozen", config.frozen), ("init.reinitialize", config.init.reinitialize)):
         if isinstance(value, str):
             raise ConfigError(
                 f"config.{key} is the string {value!r}; make it a tuple of regular "
                 f"expressions, like --config.{key}='(\"{value}\",)'."
             )
-    for pair in config.get("learning_rate_multipliers", ()):
+    for pair in config.learning_rate_multipliers:
         valid = isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], str)
         factor = pair[1] if valid else None
         if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
@@ -228,11 +223,11 @@ def check_parameter_patterns(config: ml_collections.ConfigDict, params, model_st
 def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None:
     """Mixed precision, gradient accumulation, steps per dispatch and XLA flags."""
     for key in ("dtype", "param_dtype"):
-        if config.get(key, "float32") not in DTYPE_NAMES:
+        if config[key] not in DTYPE_NAMES:
             raise ConfigError(
                 f"config.{key} '{config[key]}' is unknown; choose one of {', '.join(DTYPE_NAMES)}."
             )
-    micro_batches = config.get("grad_accum_steps", 1)
+    micro_batches = config.grad_accum_steps
     if config.batch_size % (device_count * micro_batches):
         raise ConfigError(
             f"config.batch_size={config.batch_size} does not split into "
@@ -240,7 +235,7 @@ def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None
             f"{device_count} devices; set --config.batch_size to a multiple of "
             f"{device_count * micro_batches}."
         )
-    per_dispatch = config.get("steps_per_dispatch", 1)
+    per_dispatch = config.steps_per_dispatch
     for key in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         if config[key] % per_dispatch:
             raise ConfigError(
@@ -248,13 +243,13 @@ def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None
                 f"config.steps_per_dispatch={per_dispatch}; set --config.{key} to a multiple "
                 "of it or lower --config.steps_per_dispatch."
             )
-    order = config.get("train_order", "numpy")
+    order = config.train_order
     if order not in data.TRAIN_ORDERS:
         raise ConfigError(
             f"config.train_order '{order}' is unknown; choose one of "
             f"{', '.join(data.TRAIN_ORDERS)}."
         )
-    flags = config.get("xla_flags", "")
+    flags = config.xla_flags
     if not isinstance(flags, str) or any(not f.startswith("--") for f in flags.split()):
         raise ConfigError(
             f"config.xla_flags={flags!r} must be XLA flags separated by spaces, each starting "
@@ -271,6 +266,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 1024
     config.learning_rate = 1e-3
     config.optimizer = "adam"
+    config.adam_beta2 = 0.999  # adam and adamw
     config.schedule = "constant"
     config.warmup_steps = 0
     config.decay_boundaries = (0.5, 0.75)  # for schedule "step", fractions of num_train_steps
@@ -286,7 +282,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.average_last_checkpoints = 0  # > 1: also evaluate the mean of the last N checkpoints
     config.data_dir = "~/tensorflow_datasets"
-    # Regular expressions over parameter paths such as "Dense_1/kernel" (fine-tuning, README).
+    # Sequence tasks: batches padded to the nearest of these lengths; () pads to the maximum.
+    config.bucket_boundaries = ()
+    # Image tasks (research/core/augmentation.py): random crops after zero padding, flips.
+    config.augmentation = ml_collections.ConfigDict({"crop_padding": 0, "horizontal_flip": False})
+    # Regular expressions over parameter paths such as "Dense_1/kernel" (docs/finetuning.md).
     config.frozen = ()  # these parameters receive no updates and keep no optimizer state
     config.learning_rate_multipliers = ()  # ((pattern, factor), ...): factor x learning rate
     config.init = ml_collections.ConfigDict()
@@ -300,7 +300,7 @@ def base_config() -> ml_collections.ConfigDict:
     # bijection of positions, which with input_pipeline "device" each device computes for its
     # own rows, so no indices cross from the host). Every input path gives the same batches.
     config.train_order = "numpy"
-    # Scaling up (README, "Scaling up"): compute and parameter dtypes (float32 master weights,
+    # Scaling up (docs/scaling.md): compute and parameter dtypes (float32 master weights,
     # loss and optimizer state whatever they are), micro-batches per step, training steps per
     # compiled call, and flags appended to XLA_FLAGS before the backend starts.
     config.dtype = "float32"
@@ -310,8 +310,26 @@ def base_config() -> ml_collections.ConfigDict:
     config.steps_per_dispatch = 1
     config.steps_per_dispatch_unroll = True  # False: lax.scan, one compilation of the step
     config.xla_flags = ""
-    # The device mesh (README, "Scaling up"): a batch's rows are split over data x fsdp
+    # The device mesh (docs/scaling.md): a batch's rows are split over data x fsdp
     # devices; with fsdp > 1 the train state's large arrays are split over fsdp devices too
     # (fully sharded data parallelism). -1 takes the devices the other axis leaves.
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     return config
+
+
+def with_defaults(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+    """`config` merged onto `base_config()`: every key the library reads is present, with its
+    default where `config` (for example a config.json recorded before the key existed) lacks
+    it. Keys `config` adds (a task's own) are kept; nested blocks are merged key by key."""
+    merged = base_config().to_dict()
+
+    def merge(into: dict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    merge(merged, values)
+    return ml_collections.ConfigDict(merged)

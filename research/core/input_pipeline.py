@@ -29,7 +29,7 @@ AUTO_MEMORY_SHARE = 0.5
 
 def requested(config: ml_collections.ConfigDict) -> str:
     """`config.input_pipeline`, checked."""
-    pipeline = config.get("input_pipeline", "auto")
+    pipeline = config.input_pipeline
     if pipeline not in PIPELINES:
         raise ConfigError(
             f"config.input_pipeline '{pipeline}' is unknown; choose one of {', '.join(PIPELINES)}."
@@ -123,7 +123,7 @@ class _HostBatches:
 
     def __init__(self, config: ml_collections.ConfigDict, mesh):
         self.config, self.mesh = config, mesh
-        self.count = config.get("steps_per_dispatch", 1)
+        self.count = config.steps_per_dispatch
 
     def batch(self, step: int) -> data.Arrays:
         raise NotImplementedError
@@ -160,7 +160,7 @@ class InMemory(_HostBatches):
         config = self.config
         batch = data.train_batch(
             self.split, config.batch_size, config.seed, step, self.buckets,
-            config.get("train_order", "numpy"),
+            config.train_order,
         )  # fmt: skip
         rows = parallel.host_slice(config.batch_size)
         return augmentation_lib.augment(
@@ -177,7 +177,7 @@ class Streamed(_HostBatches):
 
     def __init__(self, split: Split, config, mesh, augmentation):
         super().__init__(config, mesh)
-        workers = config.get("input_workers", 2)
+        workers = config.input_workers
         self.stream = streaming.stream(split, config, augmentation, workers)
         self._prefetcher = streaming.Prefetcher(
             super().device_batches, stride=self.count, stop=config.num_train_steps
@@ -202,15 +202,15 @@ class DeviceResident:
 
     def __init__(self, split: Split, config, mesh):
         self.split, self.config, self.mesh = split, config, mesh
-        self.count = config.get("steps_per_dispatch", 1)
-        self.drawn_on_device = config.get("train_order", "numpy") == "hash"
+        self.count = config.steps_per_dispatch
+        self.drawn_on_device = config.train_order == "hash"
         self.resident = (parallel.put_replicated(split.arrays, mesh),)
 
     def batch(self, step: int) -> data.Arrays:
         config = self.config
         return data.train_batch(
             self.split, config.batch_size, config.seed, step, None,
-            config.get("train_order", "numpy"),
+            config.train_order,
         )  # fmt: skip
 
     def device_batches(self, step: int):
@@ -219,7 +219,7 @@ class DeviceResident:
         else:
             indices = data.host_train_indices(
                 self.split.num_examples, self.config.batch_size, self.config.seed, step,
-                self.count, self.config.get("train_order", "numpy"),
+                self.count, self.config.train_order,
             )  # fmt: skip
             indices = indices[0] if self.count == 1 else indices
         return parallel.put_batch(indices, self.mesh, steps=self.count > 1)

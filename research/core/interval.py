@@ -82,7 +82,7 @@ class Interval:
 
 def raise_if_diverged(interval: Interval, last_saved: int | None, config) -> None:
     """Stops training at a non-finite loss or gradient unless such steps are skipped."""
-    if config.get("skip_nonfinite_steps", False):
+    if config.skip_nonfinite_steps:
         return
     bad_step = interval.first_nonfinite_step()
     if bad_step is not None:

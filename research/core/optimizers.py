@@ -15,7 +15,7 @@ FROZEN = "frozen"  # the group of parameters that receive no updates
 
 def effective_warmup_steps(config: ml_collections.ConfigDict) -> int:
     """`config.warmup_steps`, or a tenth of the run when the run is not longer than them."""
-    warmup_steps = config.get("warmup_steps", 0)
+    warmup_steps = config.warmup_steps
     if warmup_steps >= config.num_train_steps:
         return config.num_train_steps // 10
     return warmup_steps
@@ -29,7 +29,7 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Sc
     schedule multiplies the rate by `config.decay_factor` at each of `config.decay_boundaries`
     (fractions of `num_train_steps`).
     """
-    schedule = config.get("schedule", "constant")
+    schedule = config.schedule
     peak = config.learning_rate
     warmup_steps = effective_warmup_steps(config)
     if schedule == "warmup_cosine" and warmup_steps == 0:
@@ -66,18 +66,18 @@ def _base_optimizer(
     config: ml_collections.ConfigDict, learning_rate
 ) -> optax.GradientTransformation:
     name = config.optimizer
-    weight_decay = config.get("weight_decay", 0.0)
-    momentum = config.get("momentum", 0.9)
+    weight_decay = config.weight_decay
+    momentum = config.momentum
     if name == "sgd":
         optimizer = optax.sgd(learning_rate)
     elif name in ("momentum", "nesterov"):
         optimizer = optax.sgd(learning_rate, momentum=momentum, nesterov=name == "nesterov")
     elif name == "adam":
-        optimizer = optax.adam(learning_rate, b2=config.get("adam_beta2", 0.999))
+        optimizer = optax.adam(learning_rate, b2=config.adam_beta2)
     elif name == "adamw":
         optimizer = optax.adamw(
             learning_rate,
-            b2=config.get("adam_beta2", 0.999),
+            b2=config.adam_beta2,
             weight_decay=weight_decay,
             mask=_is_matrix,
         )
@@ -96,14 +96,14 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     uses the global norm of the gradients of the parameters that train.
     """
     schedule = create_learning_rate_schedule(config)
-    weight_decay = config.get("weight_decay", 0.0)
+    weight_decay = config.weight_decay
     chain = []
-    if config.get("grad_clip_norm", 0.0) > 0:
+    if config.grad_clip_norm > 0:
         clip = optax.clip_by_global_norm(config.grad_clip_norm)
-        chain.append(optax.masked(clip, _trains(config)) if config.get("frozen") else clip)
+        chain.append(optax.masked(clip, _trains(config)) if config.frozen else clip)
     if weight_decay > 0 and config.optimizer != "adamw":  # coupled L2, as in classic SGD
         chain.append(optax.add_decayed_weights(weight_decay, mask=_is_matrix))
-    if not config.get("frozen") and not config.get("learning_rate_multipliers"):
+    if not config.frozen and not config.learning_rate_multipliers:
         return optax.chain(*chain, _base_optimizer(config, schedule))
     transforms = {FROZEN: optax.set_to_zero()}
     for factor in {1.0, *(factor for _, factor in multipliers(config))}:
@@ -130,10 +130,7 @@ def _group_label(factor: float) -> str:
 
 def multipliers(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
     """`config.learning_rate_multipliers` as (regular expression, factor) pairs."""
-    return [
-        (str(pattern), float(factor))
-        for pattern, factor in config.get("learning_rate_multipliers", ())
-    ]
+    return [(str(pattern), float(factor)) for pattern, factor in config.learning_rate_multipliers]
 
 
 def parameter_groups(config: ml_collections.ConfigDict, params):
@@ -143,7 +140,7 @@ def parameter_groups(config: ml_collections.ConfigDict, params):
     `config.learning_rate_multipliers` that matches it gives its factor (1 when none does).
     `research.core.config.check_parameter_patterns` refuses patterns that overlap.
     """
-    frozen = tuple(config.get("frozen", ()))
+    frozen = tuple(config.frozen)
     factors = dict(multipliers(config))
 
     def group(path, _):

@@ -22,26 +22,26 @@ LossScale = dict[str, jax.Array]  # {"scale": float32 [], "finite_steps": int32 
 def model_dtypes(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The `dtype` and `param_dtype` fields every model takes, from the config's names."""
     return {
-        "dtype": DTYPES[config.get("dtype", "float32")],
-        "param_dtype": DTYPES[config.get("param_dtype", "float32")],
+        "dtype": DTYPES[config.dtype],
+        "param_dtype": DTYPES[config.param_dtype],
     }
 
 
 def uses_loss_scaling(config: ml_collections.ConfigDict) -> bool:
     """float16 needs it: small gradients underflow its 5-bit exponent."""
-    return config.get("dtype", "float32") == "float16"
+    return config.dtype == "float16"
 
 
 def record(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What run.json says about the run's numerics and the XLA flags its config asked for."""
     return {
         "precision": {
-            "dtype": config.get("dtype", "float32"),
-            "param_dtype": config.get("param_dtype", "float32"),
+            "dtype": config.dtype,
+            "param_dtype": config.param_dtype,
             "master_weights_loss_and_optimizer_state": "float32",
             "loss_scaling": "dynamic" if uses_loss_scaling(config) else "none",
         },
-        "config_xla_flags": config.get("xla_flags", ""),
+        "config_xla_flags": config.xla_flags,
     }
 
 

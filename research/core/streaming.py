@@ -233,6 +233,6 @@ def stream(split: Split, config, augmentation, workers: int) -> Stream:
     """The training `Stream` of `split` for `config` (batch size, seed, steps)."""
     reader = BatchReader(
         split, config.batch_size, config.seed, parallel.host_slice(config.batch_size),
-        augmentation, config.get("train_order", "numpy"),
+        augmentation, config.train_order,
     )  # fmt: skip
     return Stream(reader, config.num_train_steps, workers)

@@ -78,7 +78,7 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
             f"config.data_dir={config.data_dir} is a file; set --config.data_dir to a folder."
         )
     pipeline = input_pipeline.requested(config)
-    if pipeline in ("grain", "device") and tuple(config.get("bucket_boundaries", ())):
+    if pipeline in ("grain", "device") and tuple(config.bucket_boundaries):
         raise ConfigError(
             "config.bucket_boundaries needs the in-memory input pipeline; set "
             "--config.input_pipeline=memory or --config.bucket_boundaries='()'."
@@ -88,7 +88,7 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
             "config.augmentation runs on the host, so it needs --config.input_pipeline=memory "
             "or grain; or turn it off for input_pipeline=device."
         )
-    if tuple(config.get("bucket_boundaries", ())) and not task.sequence_keys:
+    if tuple(config.bucket_boundaries) and not task.sequence_keys:
         raise ConfigError(
             f"config.bucket_boundaries is set but task '{config.task}' has no sequences to "
             "bucket; remove it with --config.bucket_boundaries='()'."
@@ -97,7 +97,7 @@ def _check_task_config(config: ml_collections.ConfigDict, task: Task) -> None:
 
 def _warn_if_xla_flags_missing(config: ml_collections.ConfigDict) -> None:
     """`config.xla_flags` act only if in XLA_FLAGS before the backend started (launch.py)."""
-    wanted = config.get("xla_flags", "").split()
+    wanted = config.xla_flags.split()
     present = os.environ.get("XLA_FLAGS", "").split()
     missing = [flag for flag in wanted if flag not in present]
     if missing:
@@ -123,7 +123,7 @@ def setup(
     created is removed again and an existing one is left as it was.
     """
     validate(config, parallel.global_device_count())
-    parallel.mesh_shape(config.get("mesh") or {}, parallel.global_device_count())
+    parallel.mesh_shape(config.mesh, parallel.global_device_count())
     _warn_if_xla_flags_missing(config)
     _check_task_config(config, task)
     workdir_lib.check_usable(workdir)
@@ -151,7 +151,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     incoming = os.path.join(workdir, INCOMING_ARTIFACTS)
     dataset = _load_data(task, incoming if replacing else artifacts)
     pipeline, dataset = input_pipeline.choose(config, dataset)
-    drawn_on_device = pipeline == "device" and config.get("train_order", "numpy") == "hash"
+    drawn_on_device = pipeline == "device" and config.train_order == "hash"
     if drawn_on_device and dataset.train.num_examples * config.batch_size >= 2**31:
         raise ConfigError(
             f"config.batch_size={config.batch_size} times the {dataset.train.num_examples} "
@@ -170,7 +170,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     )  # fmt: skip
     abstract_state = jax.eval_shape(initialize, init_rng)
     check_parameter_patterns(config, abstract_state.params, abstract_state.model_state)
-    mesh = parallel.make_mesh(config.get("mesh") or {})
+    mesh = parallel.make_mesh(config.mesh)
     parallel.check_fsdp_divides(abstract_state, mesh)
     state_shardings = parallel.state_shardings(abstract_state, mesh)
     # Initialized in place: each device computes only its own shards of the state.
@@ -189,7 +189,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     # before reading checkpoints, which --overwrite may just have removed).
     parallel.wait_for_processes("prepared")
     checkpointer = checkpoints.Checkpointer(
-        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.get("keep_checkpoints", 3)
+        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR), config.keep_checkpoints
     )
     restored = checkpointer.restore_latest(like=state)
     if restored is not None:
@@ -207,28 +207,28 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         record["initialized_from"] = initialized_from
     writer.write_run(record)
 
-    boundaries = tuple(config.get("bucket_boundaries", ()))  # memory only (checked above)
+    boundaries = tuple(config.bucket_boundaries)  # memory only (checked above)
     train_buckets = None
     if boundaries:
         train_buckets = data.length_buckets(dataset.train, task.sequence_keys, boundaries)
     source = input_pipeline.training_source(
         pipeline, dataset.train, config, mesh, augmentation=augmentation, buckets=train_buckets
     )
-    eval_batch_size = config.get("eval_batch_size", config.batch_size)
+    eval_batch_size = config.eval_batch_size
     evaluate = evaluation.Evaluator(model, task, dataset, eval_batch_size, writer, mesh, boundaries)
     step_settings = dict(
         model=model,
         task=task,
         optimizer=optimizer,
         learning_rate_fn=optimizers.create_learning_rate_schedule(config),
-        skip_nonfinite=config.get("skip_nonfinite_steps", False),
-        grad_accum_steps=config.get("grad_accum_steps", 1),
-        grad_accum_unroll=config.get("grad_accum_unroll", False),
+        skip_nonfinite=config.skip_nonfinite_steps,
+        grad_accum_steps=config.grad_accum_steps,
+        grad_accum_unroll=config.grad_accum_unroll,
     )
-    if config.get("steps_per_dispatch", 1) == 1:
+    if config.steps_per_dispatch == 1:
         train_step = functools.partial(steps.train_step, **step_settings)
     else:
-        unroll = config.get("steps_per_dispatch_unroll", True)
+        unroll = config.steps_per_dispatch_unroll
         train_step = functools.partial(steps.train_steps, unroll=unroll, **step_settings)
     train_step = jax.jit(
         source.step_function(train_step),
@@ -361,7 +361,7 @@ def _train(run: Run) -> dict[str, Any]:
     first_step = int(parallel.to_host(state.step))
     run.state = None  # donated to the first step: `state` is the only live state from here on
     num_steps = config.num_train_steps
-    per_dispatch = config.get("steps_per_dispatch", 1)
+    per_dispatch = config.steps_per_dispatch
     # A run resumes only with its own config, whose cadences are multiples of per_dispatch.
     assert first_step % per_dispatch == 0, (first_step, per_dispatch)
     interval, train_metrics, eval_results = interval_lib.Interval(first_step, per_dispatch), {}, {}
@@ -426,7 +426,7 @@ def _train(run: Run) -> dict[str, Any]:
 
 def _evaluate_average(run: Run, final_state: steps.TrainState, eval_results: dict) -> dict:
     """With `average_last_checkpoints` > 1: evaluates the mean of the last checkpoints too."""
-    count = run.config.get("average_last_checkpoints", 0)
+    count = run.config.average_last_checkpoints
     if count <= 1:
         return {}
     state, averaged_steps = checkpoints.average_of_last(

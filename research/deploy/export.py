@@ -25,7 +25,7 @@ from research.core.task import TaskLookup
 from research.deploy import options as options_lib
 from research.deploy import serving_runtime
 from research.errors import UserError
-from research.runtime import checkpoints, reproduce
+from research.runtime import checkpoints
 from research.runtime import workdir as workdir_lib
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -116,7 +116,7 @@ def _export_function(function: Function, arrays: list[np.ndarray], treedef) -> t
 def restore_variables(workdir: str, step: int | None = None, *, get_task: TaskLookup):
     """(config, task, dataset, model, variables, step, artifacts dir) of a run, opened
     read-only; `get_task` builds the run's task from its config (`experiments.get_task`)."""
-    config = reproduce.load_config(workdir)
+    config = workdir_lib.read_config(workdir)
     task = get_task(config)
     if task.serving is None:
         raise ExportError(

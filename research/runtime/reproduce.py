@@ -3,21 +3,7 @@
 import json
 import os
 
-import ml_collections
-
 from research.runtime import workdir as workdir_lib
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a finished run recorded in its workdir."""
-    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-    if not os.path.exists(path):
-        raise workdir_lib.WorkdirError(
-            f"{workdir} has no {workdir_lib.CONFIG_FILE}; pass --reproduce the workdir of a "
-            "run made by launch.py."
-        )
-    with open(path) as file:
-        return ml_collections.ConfigDict(json.load(file))
 
 
 def initialized_from(workdir: str) -> str | None:
@@ -75,20 +61,40 @@ def compare(original_workdir: str, rerun_workdir: str) -> dict:
     difference = first_difference(
         workdir_lib.read_metrics(original_workdir), workdir_lib.read_metrics(rerun_workdir)
     )
-    return {
+    started = [
+        (workdir_lib.read_run(w).get("initialized_from") or {}).get("params_sha256")
+        for w in (original_workdir, rerun_workdir)
+    ]
+    report = {
         "params_match": original_hash == rerun_hash,
         "metrics_match": difference is None,
         "first_difference": difference,
         "original_params_sha256": original_hash,
         "rerun_params_sha256": rerun_hash,
+        # --init_from: the checkpoint both runs started from, unless it changed in between
+        "init_from": initialized_from(original_workdir),
+        "init_from_match": started[0] == started[1],
+        "original_init_params_sha256": started[0],
+        "rerun_init_params_sha256": started[1],
     }
+    report["reproduced"] = all(
+        report[k] for k in ("params_match", "metrics_match", "init_from_match")
+    )
+    return report
 
 
 def describe(report: dict) -> str:
     """A short human-readable verdict."""
-    if report["params_match"] and report["metrics_match"]:
+    if report["reproduced"]:
         return f"Reproduced: params_sha256 {report['rerun_params_sha256']} and every metric match."
     lines = ["NOT reproduced:"]
+    if not report["init_from_match"]:
+        lines.append(
+            f"  the --init_from checkpoint {report['init_from']} has changed since the "
+            f"original run started from it (params_sha256 {report['rerun_init_params_sha256']} "
+            f"!= recorded {report['original_init_params_sha256']}), so the rerun did not start "
+            "from the same parameters"
+        )
     if not report["params_match"]:
         lines.append(
             f"  params_sha256 {report['rerun_params_sha256']} "

@@ -167,25 +167,33 @@ def holds_run(workdir: str) -> bool:
 LAYOUT_KEYS = ("mesh",)
 
 
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run recorded, merged onto `base_config()`: a run recorded before a key
+    existed had that key's default behaviour, so it is read with the default."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise WorkdirError(
+            f"{workdir} has no {CONFIG_FILE}; pass the workdir of a run made by launch.py."
+        )
+    with open(path) as file:
+        return config_lib.with_defaults(json.load(file))
+
+
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir that holds a run of a different config (that run is left untouched).
 
-    A key one of the two configs lacks counts as its `base_config` default: a run recorded
-    before a key existed had that key's default behaviour, so it resumes under the new code.
+    Both configs are compared merged onto `base_config()` (`read_config`), so a run recorded
+    before a key existed resumes under the new code.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         return
-    with open(path) as file:
-        recorded = json.load(file)
-    current = json.loads(config.to_json_best_effort())
-    defaults = json.loads(config_lib.base_config().to_json_best_effort())
+    recorded = json.loads(read_config(workdir).to_json_best_effort())
+    current = json.loads(config_lib.with_defaults(config).to_json_best_effort())
     missing = object()
     changed = sorted(
         key
         for key in (set(recorded) | set(current)) - set(LAYOUT_KEYS)
-        if recorded.get(key, defaults.get(key, missing))
-        != current.get(key, defaults.get(key, missing))
+        if recorded.get(key, missing) != current.get(key, missing)
     )
     if changed:
         raise WorkdirError(

@@ -3,7 +3,6 @@ flips (needs tfds `cifar10` prepared in data_dir)."""
 
 import ml_collections
 
-from research.core import augmentation
 from research.core.config import base_config
 
 
@@ -16,7 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {"name": "resnet", "stage_sizes": (2, 2, 2, 2), "width": 64}
     )
-    config.augmentation = augmentation.default_config()
     config.augmentation.crop_padding = 4
     config.augmentation.horizontal_flip = True
     config.batch_size = 128

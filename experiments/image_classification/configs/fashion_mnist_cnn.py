@@ -2,7 +2,6 @@
 
 import ml_collections
 
-from research.core import augmentation
 from research.core.config import base_config
 
 
@@ -22,7 +21,6 @@ def get_config() -> ml_collections.ConfigDict:
             "dropout_rate": 0.3,
         }
     )
-    config.augmentation = augmentation.default_config()
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.optimizer = "adamw"

@@ -2,7 +2,6 @@
 
 import ml_collections
 
-from research.core import augmentation
 from research.core.config import base_config
 
 
@@ -23,7 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
             "dropout_rate": 0.3,
         }
     )
-    config.augmentation = augmentation.default_config()
     config.batch_size = 100
     config.eval_batch_size = 500
     config.optimizer = "adamw"
