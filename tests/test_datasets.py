@@ -164,3 +164,30 @@ def test_prepare_fashion_mnist_from_debian_files(tmp_path):
     )
     idx_pairs = sorted(zip((image.tobytes() for image in idx_images), idx_labels, strict=True))
     assert loaded_pairs == idx_pairs
+
+
+def test_validation_examples_are_the_last_training_examples_and_replace_the_test_split(data_dir):
+    from helpers import load_config
+
+    import experiments
+    from research.core.config import ConfigError
+
+    config = load_config(
+        "experiments/image_classification/configs/mnist1d_mlp.py", data_dir=data_dir
+    )
+    whole = experiments.get_task(config).load_data("")
+    config.validation_examples = 500
+    held = experiments.get_task(config).load_data("")
+    count = len(whole.train["label"])
+    assert list(held.eval_splits) == ["validation"]
+    assert len(held.train["label"]) == count - 500
+    # The rows are the raw training rows, prepared with statistics of the first count - 500.
+    raw = whole.train.records.read(slice(None))
+    assert np.array_equal(held.eval_splits["validation"].records.read(slice(None))["signal"],
+                          raw["signal"][count - 500:])  # fmt: skip
+    first = raw["signal"][: count - 500].astype(np.float64)
+    np.testing.assert_allclose(held.info["input_mean"], [first.mean()], rtol=1e-12)
+    assert held.info["input_mean"] != whole.info["input_mean"]
+    config.validation_examples = count
+    with pytest.raises(ConfigError, match=f"validation_examples={count} leaves no training"):
+        experiments.get_task(config).load_data("")

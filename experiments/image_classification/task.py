@@ -146,7 +146,9 @@ def _records(config, builder, builder_class, splits, random_access: bool, whole:
 def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dataset:
     """Inputs as float32 standardized per channel by the training split's statistics; with
     `config.classes` only those classes (relabelled 0..k-1), with
-    `config.train_examples_per_class` only the first N training examples of each.
+    `config.train_examples_per_class` only the first N training examples of each; with
+    `config.validation_examples` = N the last N training examples are the only evaluation
+    split, "validation" (hyperparameters chosen without looking at the test split).
 
     The splits are the raw rows and this preparation, whichever input pipeline reads them:
     ArrayRecord files are read where they lie, other files read into memory.
@@ -163,18 +165,30 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
         raise ConfigError(
             f"config.train_examples_per_class is {per_class}; set it to 0 (all) or more."
         )
+    held_out = config.get("validation_examples", 0)
+    if held_out < 0:
+        raise ConfigError(
+            f"config.validation_examples is {held_out}; set it to 0 (evaluate on the test "
+            "split) or a number of training examples to hold out."
+        )
+    if held_out:
+        eval_splits = ("validation",)
     subset = len(classes) != num_classes or per_class > 0
     random_access = input_pipeline.reads_at_random(config)  # which only ArrayRecord files allow
-    if random_access and subset:
+    if random_access and (subset or held_out):
         raise ConfigError(
-            "config.classes and config.train_examples_per_class need the in-memory input "
-            "pipeline; set --config.input_pipeline=memory."
+            "config.classes, config.train_examples_per_class and config.validation_examples "
+            "need the in-memory input pipeline; set --config.input_pipeline=memory."
         )
     # One builder: tfds fixes a builder class's file format at its first construction.
     builder = _builder(config, builder_class, random_access)
     records, descriptions = _records(
-        config, builder, builder_class, ("train", *eval_splits), random_access, whole=subset
-    )
+        config, builder, builder_class, ("train", *(() if held_out else eval_splits)),
+        random_access, whole=subset or held_out > 0,
+    )  # fmt: skip
+    if held_out:
+        records["train"], records["validation"] = _held_out(config, records["train"], held_out)
+        descriptions["validation"] = None
     train = records["train"]
     # Statistics of every training image (labels unused), so that runs on different class
     # subsets of one dataset (pretraining, fine-tuning) see their inputs scaled alike.
@@ -205,6 +219,20 @@ def load_data(config: ml_collections.ConfigDict, artifacts_dir: str) -> data.Dat
             "raw_shape": list(raw_inputs.shape[1:]),
             "raw_dtype": str(raw_inputs.dtype),
         },
+    )
+
+
+def _held_out(config, train: ArrayRecords, count: int) -> tuple[ArrayRecords, ArrayRecords]:
+    """(the first examples, the last `count`) of the training rows."""
+    if count >= len(train):
+        raise ConfigError(
+            f"config.validation_examples={count} leaves no training examples of the "
+            f"{len(train)} in {config.dataset}'s train split; set it to fewer, e.g. 5000."
+        )
+    rows, cut = train.read(slice(None)), len(train) - count
+    return (
+        ArrayRecords({key: value[:cut] for key, value in rows.items()}),
+        ArrayRecords({key: value[cut:] for key, value in rows.items()}),
     )
 
 
