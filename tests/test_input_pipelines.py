@@ -12,7 +12,7 @@ from experiments.image_classification import task as image_task
 from research.core import data
 from research.deploy import inference
 from tests import helpers
-from tests.test_streaming import TinyImages
+from tests.tiny_images import TinyImages
 
 CONFIGS = os.path.join(helpers.REPO_ROOT, "experiments/image_classification/configs")
 # Grain first: it writes TinyImages as ArrayRecord files, which the other two read whole.
