@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "fashion_mnist"
     config.classes = ()  # a subset of the labels: label classes[i] becomes i; () for all
     config.train_examples_per_class = 0  # the first N training examples of each class; 0: all
+    config.validation_examples = 0  # > 0: the last N training examples are the evaluation split
     config.model = ml_collections.ConfigDict(
         {
             "name": "cnn",
