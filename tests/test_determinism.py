@@ -22,6 +22,7 @@ CASES = {
             "model.width": 32,
             "model.mlp_width": 64,
             "scan_split": "addprim_turn_left",  # the smallest test split
+            "eval_every_steps": 8,  # one greedy decoding of its 1,208 test commands per run
         },
     ),
 }
@@ -30,7 +31,7 @@ CASES = {
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_same_config_and_seed_give_identical_runs(task, data_dir, tmp_path):
     path, overrides = CASES[task]
-    config = load_config(os.path.join(REPO_ROOT, path), **SHORT, **overrides)
+    config = load_config(os.path.join(REPO_ROOT, path), **{**SHORT, **overrides})
     config.data_dir = data_dir
     first = run_experiment(config, tmp_path / "first")
     second = run_experiment(config, tmp_path / "second")
