@@ -36,3 +36,21 @@ def pytest_unconfigure(config) -> None:
 def data_dir(tmp_path_factory) -> str:
     """One tfds data dir for the session, so each embedded dataset is generated once."""
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+# Files holding the longest tests (a minute or more each on 2 cores) are handed out first, so
+# that the two test processes (`--dist loadfile`) do not end with one running a long file alone.
+LONG_FILES = (
+    "test_memory_limit.py",
+    "test_multi_host.py",
+    "test_multi_device.py",
+    "test_deploy.py",
+    "test_resume.py",
+    "test_determinism.py",
+    "test_seq2seq_end_to_end.py",
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    first = {name: rank for rank, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(LONG_FILES)))  # stable
