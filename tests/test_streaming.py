@@ -39,7 +39,7 @@ def test_grain_batches_equal_in_memory_batches_on_any_host_layout(tiny_images):
     config = tiny_images
     grain_data = _dataset(config, "grain")  # prepares TinyImages as ArrayRecord
     memory_data = _dataset(config, "memory")  # reads the same files whole
-    assert isinstance(grain_data.train, streaming.StreamingSplit)
+    assert isinstance(grain_data.train.records, streaming.TfdsRecords)  # read from the files
     np.testing.assert_array_equal(
         streaming.read_whole(grain_data.eval_splits["test"])["inputs"],
         memory_data.eval_splits["test"]["inputs"],

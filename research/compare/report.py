@@ -15,12 +15,8 @@ import statistics
 import sys
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from research.errors import UserError  # noqa: E402
-from research.runtime import workdir as workdir_lib  # noqa: E402 after the path is set
+from research.errors import UserError
+from research.runtime import workdir as workdir_lib
 
 # Preferred metric for "best" when none is named, in order; names that fall are losses.
 PREFERRED_METRICS = ("accuracy", "bleu", "exact_match", "token_accuracy", "r2", "mse", "loss")

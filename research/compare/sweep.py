@@ -18,19 +18,17 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO_ROOT not in sys.path:  # config files import `research` and `experiments`
-    sys.path.insert(0, REPO_ROOT)
-
-from research.compare.sweep_runner import (  # noqa: E402
+from research.compare.sweep_runner import (
     Owner,
     Record,
     Runner,
     SweepError,
     canonical,
     run_all,
-)  # noqa: E402
-from research.errors import UserError, flag_error_sentence  # noqa: E402 (after the path is set)
+)
+from research.errors import UserError, flag_error_sentence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string("root", None, "Folder of the sweep: one workdir per point, and sweep.json.")
 flags.DEFINE_string("grid", None, "Values per key: 'learning_rate=1e-3,3e-3 seed=0,1,2'.")

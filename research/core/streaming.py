@@ -22,8 +22,6 @@ from research.core.splits import Split
 from research.runtime import parallel
 
 ROWS_PER_READ = 256  # rows read at once when a split is read whole: bounded memory
-# What Grain streams: a `Split` whose records are read from files.
-StreamingSplit = Split
 
 
 def tfds_source(builder, split: str) -> "TfdsRecords":
