@@ -146,12 +146,6 @@ class Stream:
             grain.ReadOptions(num_threads=0 if self.workers else 1, prefetch_buffer_size=0)
         )
         if self.workers:
-            # Batches come back through the workers' queues, not shared memory: a worker's
-            # segments still in flight when a run stops early (an error, a signal) are never
-            # unlinked, which Python reports at exit as "leaked shared_memory objects". Batches
-            # are small (MB), so the copy costs little.
-            no_shared_memory = grain.experimental.DatasetOptions(min_shm_size=2**62)
-            dataset = grain.experimental.WithOptionsIterDataset(dataset, no_shared_memory)
             dataset = dataset.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self.workers, per_worker_buffer_size=self.prefetch
