@@ -121,6 +121,9 @@ class Requests:
                 self.idle.set()
 
 
+REQUESTS = web.AppKey("requests", Requests)  # the server's count of requests in flight
+
+
 def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, max_bytes=2**20):
     """The aiohttp application serving `predictor` (an `inference.Predictor`); its
     `requests` entry counts the requests in flight."""
@@ -175,7 +178,7 @@ def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, m
         batcher.task.cancel()
 
     application = web.Application(client_max_size=max_bytes, middlewares=[requests.middleware])
-    application["requests"] = requests
+    application[REQUESTS] = requests
     application.add_routes(
         [
             web.post("/v1/predict", handle_predict),
@@ -210,7 +213,7 @@ async def _serve(application: web.Application, host: str, port: int, timeout_s: 
         ) from None
     print(f"Serving on http://{host}:{port}", flush=True)
     await stop.wait()
-    requests = application["requests"]
+    requests = application[REQUESTS]
     requests.stopping = True
     await site.stop()
     print(f"Stopping: answering {requests.count} requests in flight.", flush=True)
