@@ -126,7 +126,7 @@ REQUESTS = web.AppKey("requests", Requests)  # the server's count of requests in
 
 def make_app(predictor, *, max_batch_size=32, max_wait_ms=5.0, max_queue=1024, max_bytes=2**20):
     """The aiohttp application serving `predictor` (an `inference.Predictor`); its
-    `requests` entry counts the requests in flight."""
+    `REQUESTS` entry counts the requests in flight."""
     batcher = Batcher(predictor, max_batch_size, max_wait_ms, max_queue)
     signature = {k: v for k, v in predictor.signature.items() if k != "parameters"}
     requests = Requests()
