@@ -6,12 +6,15 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from experiments.image_classification import datasets
 from experiments.image_classification import task as image_task
 from research.core import augmentation, data, streaming, trainer
+from tests import helpers
 from tests.helpers import REPO_ROOT, load_config, run_experiment
 from tests.tiny_images import TinyImages
 
 CIFAR_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/cifar10_resnet.py")
+MLP_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_mlp.py")
 
 
 @pytest.fixture
@@ -155,3 +158,19 @@ def test_prefetcher_makes_keys_in_order_restarts_elsewhere_and_raises_in_the_cal
     finally:
         prefetcher.close()
     assert set(made) <= {0, 3, 6, 9}  # never at or past `stop`, always on the stride
+
+
+def test_a_grain_run_that_fails_leaves_no_shared_memory_behind(tmp_path):
+    """A Grain launch that stops with an error (here it diverges at once) ends with its one
+    sentence and without Python's warning of "leaked shared_memory objects": its workers stop
+    as Grain asks, unlinking the batches they had made, instead of being killed with them."""
+    data_dir = str(tmp_path / "array_record")
+    datasets.Mnist1d(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    result = helpers.launch(
+        f"--config={MLP_CONFIG}", f"--workdir={tmp_path / 'run'}", f"--config.data_dir={data_dir}",
+        "--config.input_pipeline=grain", "--config.learning_rate=1e9",
+        "--config.num_train_steps=40", "--config.log_every_steps=20",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "became NaN or infinite" in result.stderr, result.stderr[-3000:]
+    assert "leaked shared_memory" not in result.stderr, result.stderr[-3000:]

@@ -2,14 +2,13 @@
 large to hold in memory; batch `s` is the in-memory path's batch `s`, row for row.
 """
 
-import ctypes
 import dataclasses
 import gc
 import hashlib
 import os
 import queue
-import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -115,11 +114,24 @@ class BatchReader:
 
 
 def _start_worker(worker_index: int, worker_count: int) -> None:
-    """Grain worker start: die with the training process, even when it is killed with -9;
-    import TensorFlow (which decodes the records) with its start-up notices hidden."""
+    """Grain worker start: end with the training process, even when it is killed with -9;
+    import TensorFlow (which decodes the records) with its start-up notices hidden.
+
+    A thread watches for the worker's parent to change. The kernel's parent-death signal
+    (PR_SET_PDEATHSIG) would fire when the *thread* that started the worker ends, and Grain
+    starts workers from its own threads, which end when the stream closes: workers were then
+    killed with batches in flight, whose shared memory nobody unlinked ("leaked
+    shared_memory objects" at exit). A watched worker instead stops as Grain asks it to.
+    """
     del worker_index, worker_count
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)  # the training process is gone; its resource tracker cleans up
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
     data.import_tensorflow()
 
 
@@ -160,7 +172,10 @@ class Stream:
             self.close()
             self._iterator = self._start(step)
         self._next_step = step + 1
-        return next(self._iterator)
+        # Copied out of Grain's shared memory, whose segment is then unlinked at once: a
+        # batch that outlives the stream (held by an error's traceback until exit) would
+        # otherwise leave its segment to the resource tracker.
+        return {key: np.array(value) for key, value in next(self._iterator).items()}
 
     def close(self) -> None:
         iterator, self._iterator = self._iterator, None
@@ -171,6 +186,17 @@ class Stream:
             # their shared memory is unlinked before the process exits, which otherwise warns
             # of "leaked shared_memory objects" (the resource tracker removes them then).
             gc.collect()
+            _finish_shared_memory_deletes()
+
+
+def _finish_shared_memory_deletes() -> None:
+    """Waits for the unlinks Grain queued on its one deleter thread (batches collected above):
+    a task queued after them runs after them. Grain keeps that thread private."""
+    from grain._src.python.ipc import shared_memory_array
+
+    deleter = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
+    if deleter is not None:
+        deleter.apply(int)
 
 
 class Prefetcher:
