@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -26,3 +27,57 @@ def test_max_pool_equals_flax_max_pool_in_value_and_gradient(shape, window):
     # Random normal inputs have no ties, so both gradients route each cotangent to the one
     # maximum of its window.
     np.testing.assert_array_equal(jax.grad(ours)(inputs), jax.grad(flax)(inputs))
+
+
+def test_resnet_widths_equal_the_doubling_width_and_refuse_a_wrong_count():
+    from experiments.image_classification.models.resnet import ResNet
+
+    images = np.zeros((2, 8, 8, 1), np.float32)
+
+    def shapes(model):  # traced, not compiled
+        init = lambda x: model.init(jax.random.key(0), x, train=False)
+        return jax.tree.map(np.shape, jax.eval_shape(init, images))
+
+    doubling = shapes(ResNet(10, stage_sizes=(1, 1), width=4))
+    assert doubling == shapes(ResNet(10, stage_sizes=(1, 1), widths=(4, 8)))
+    assert doubling != shapes(ResNet(10, stage_sizes=(1, 1), widths=(4, 6)))
+    with pytest.raises(ValueError, match="one width per stage"):
+        shapes(ResNet(10, stage_sizes=(1, 1), widths=(4,)))
+
+
+def test_resnet_mirror_average_is_the_mean_of_the_image_and_its_mirror_in_evaluation_only():
+    from experiments.image_classification.models.resnet import ResNet
+
+    images = jax.random.normal(jax.random.key(2), (3, 6, 6, 1))
+    plain = ResNet(5, stage_sizes=(1,), width=2)
+    averaged = ResNet(5, stage_sizes=(1,), width=2, mirror_average=True)
+    variables = jax.jit(lambda x: plain.init(jax.random.key(0), x, train=False))(images)
+
+    def apply(model, x, train):
+        mutable = ["batch_stats"] if train else False
+        return jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=mutable))(variables, x)
+
+    both = apply(plain, jnp.concatenate([images, images[:, :, ::-1]]), False)
+    np.testing.assert_allclose(apply(averaged, images, False), (both[:3] + both[3:]) / 2, rtol=1e-6)
+    # Training sees the images as given: the same logits and batch statistics as the plain model.
+    jax.tree.map(
+        np.testing.assert_array_equal, apply(plain, images, True), apply(averaged, images, True)
+    )
+
+
+def test_label_smoothing_loss_is_the_closed_form_and_zero_smoothing_is_plain_cross_entropy():
+    from experiments.image_classification import task
+
+    logits = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
+    batch = {"label": np.array([0, 5, 2, 2], np.int32)}
+    log_p = logits.astype(np.float64) - np.log(
+        np.exp(logits.astype(np.float64)).sum(-1, keepdims=True)
+    )
+    s, k = 0.1, 6
+    targets = np.full((4, 6), s / k)
+    targets[np.arange(4), batch["label"]] += 1 - s
+    losses, weights = task.loss(logits, batch, label_smoothing=s)
+    np.testing.assert_allclose(losses, -(targets * log_p).sum(-1), rtol=1e-6)
+    np.testing.assert_array_equal(weights, np.ones(4))
+    plain, _ = task.loss(logits, batch)
+    np.testing.assert_allclose(plain, -log_p[np.arange(4), batch["label"]], rtol=1e-6)

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -288,9 +289,14 @@ def model_inputs(batch):
     return (batch["inputs"],)
 
 
-def loss(logits, batch):
-    """Cross-entropy per example, each example weighted 1."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+def loss(logits, batch, *, label_smoothing: float = 0.0):
+    """Cross-entropy per example against the label smoothed by `label_smoothing` (1 - s on
+    the label, s / classes on every class), each example weighted 1."""
+    if label_smoothing:
+        labels = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=logits.dtype)
+        losses = optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, label_smoothing))
+    else:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return losses, jnp.ones_like(losses)
 
 
@@ -331,7 +337,7 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
         load_data=functools.partial(load_data, config),
         create_model=functools.partial(create_model, config),
         model_inputs=model_inputs,
-        loss=loss,
+        loss=functools.partial(loss, label_smoothing=config.get("label_smoothing", 0.0)),
         metric_sums=metric_sums,
         summarize=summarize,
         image_keys=("inputs",),

@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dropout_rate": 0.3,
         }
     )
+    config.label_smoothing = 0.0  # of the training loss's targets; evaluation is unsmoothed
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.optimizer = "adamw"

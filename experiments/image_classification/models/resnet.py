@@ -37,19 +37,37 @@ class ResNet(nn.Module):
 
     num_classes: int
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    width: int = 64
+    width: int = 64  # of the first stage; each later stage doubles it
+    widths: Sequence[int] = ()  # each stage's width, in place of `width` doubling; () for that
+    # Evaluation averages the logits of each image and its mirror image (test-time
+    # augmentation for models trained with horizontal flips); training sees images as given.
+    mirror_average: bool = False
     dtype: Any = jnp.float32  # computation
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        hidden = nn.Conv(self.width, (3, 3), use_bias=False, **dtypes)(images)
+        stages = len(self.stage_sizes)
+        widths = tuple(self.widths) or tuple(self.width * 2**stage for stage in range(stages))
+        if len(widths) != len(self.stage_sizes):
+            raise ValueError(
+                f"ResNet widths {widths} name {len(widths)} stages but stage_sizes "
+                f"{tuple(self.stage_sizes)} has {stages}; give one width per stage."
+            )
+        mirrored = self.mirror_average and not train
+        if mirrored:  # one pass over [images; mirrored images]: the same modules, each once
+            images = jnp.concatenate([images, images[:, :, ::-1]])
+        hidden = nn.Conv(widths[0], (3, 3), use_bias=False, **dtypes)(images)
         norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, **dtypes)
         hidden = nn.relu(norm(hidden))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                hidden = BasicBlock(self.width * 2**stage, strides, **dtypes)(hidden, train=train)
+                hidden = BasicBlock(widths[stage], strides, **dtypes)(hidden, train=train)
         hidden = hidden.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, **dtypes)(hidden)
+        logits = nn.Dense(self.num_classes, **dtypes)(hidden)
+        if mirrored:
+            plain, mirror = jnp.split(logits, 2)
+            logits = (plain + mirror) / 2
+        return logits
