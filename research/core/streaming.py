@@ -2,6 +2,7 @@
 large to hold in memory; batch `s` is the in-memory path's batch `s`, row for row.
 """
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -196,7 +197,9 @@ def _finish_shared_memory_deletes() -> None:
 
     deleter = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
     if deleter is not None:
-        deleter.apply(int)
+        # "Pool not running" (shut down at exit): nothing is left to wait for.
+        with contextlib.suppress(ValueError):
+            deleter.apply(int)
 
 
 class Prefetcher:

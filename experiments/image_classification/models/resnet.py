@@ -1,4 +1,5 @@
-"""ResNet with basic blocks and batch normalization, for 32x32 images (CIFAR-style stem)."""
+"""ResNet with basic blocks and batch normalization, for small images such as 28x28 or 32x32
+(CIFAR-style stem: a 3x3 convolution at full resolution)."""
 
 from collections.abc import Sequence
 from typing import Any
