@@ -537,3 +537,27 @@ def test_server_refuses_a_bad_or_busy_port_and_stops_cleanly_on_ctrl_c_at_start(
             server.wait()
     assert server.returncode == 1 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "Stopped before the server started listening."
+
+
+def test_ctrl_c_that_lands_in_a_garbage_collection_hook_prints_no_traceback():
+    """CI once hit this: Ctrl-C arrived inside JAX's gc callback, which Python ignores."""
+    code = """
+import gc, sys
+from research.deploy import serve
+sys.unraisablehook = serve._quiet_ignored_interrupt
+def hook(phase, info):
+    raise KeyboardInterrupt
+def fails(phase, info):
+    raise ValueError("still shown")
+gc.callbacks.append(hook)
+gc.collect()
+gc.callbacks[:] = [fails]
+gc.collect()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_environment(),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "KeyboardInterrupt" not in result.stderr
+    assert "ValueError: still shown" in result.stderr

@@ -9,6 +9,7 @@ then exits.
 import asyncio
 import json
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,15 @@ _interrupted = threading.Event()
 def _on_interrupt(signal_number, frame) -> None:
     _interrupted.set()
     raise KeyboardInterrupt
+
+
+def _quiet_ignored_interrupt(unraisable) -> None:
+    """Drops the traceback Python prints for a KeyboardInterrupt it had to ignore.
+
+    `_interrupted` already holds that Ctrl-C; any other ignored exception prints as usual.
+    """
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def _stop_if_interrupted() -> None:
@@ -257,6 +267,7 @@ def main(argv: list[str], *, get_task: TaskLookup) -> None:
     if not FLAGS["verbosity"].present:  # --verbosity=0 shows the libraries' INFO lines
         export.quiet_logs()
     signal.signal(signal.SIGINT, _on_interrupt)
+    sys.unraisablehook = _quiet_ignored_interrupt
     try:
         check_flags()
         print("Loading the model and compiling its batch sizes.", flush=True)
