@@ -202,6 +202,7 @@ def main(argv: list[str]) -> None:
             config = with_defaults(FLAGS.config)  # every key the library reads, once
             workdir = FLAGS.workdir or _default_workdir(FLAGS["config"].config_filename)
         _append_xla_flags(config.xla_flags)
+        parallel.fix_cpu_threads(config.batch_groups)
         if FLAGS.coordinator_address or FLAGS.distributed:
             parallel.initialize_distributed(
                 FLAGS.coordinator_address,

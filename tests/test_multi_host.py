@@ -19,6 +19,7 @@ from tests import helpers
 from tests.helpers import REPO_ROOT, launch_command, subprocess_environment
 
 CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_cnn.py")
+MLP_CONFIG = os.path.join(REPO_ROOT, "experiments/image_classification/configs/mnist1d_mlp.py")
 TRANSLATION_CONFIG = os.path.join(
     REPO_ROOT, "experiments/seq2seq/configs/translate_folder_transformer.py"
 )
@@ -131,12 +132,13 @@ def _wait_for_all(processes, timeout_s=300) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "case", ["image_classification", "device_resident", "bucketed_translation"]
+    "case", ["image_classification", "device_resident", "bucketed_translation", "dropout_mlp"]
 )
 def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, data_dir, tmp_path):
     """The images: one process reads them into memory; the two read theirs through Grain, or
     hold the split on each device, every device finding its own rows of each global batch
-    in the "hash" order, five steps per call."""
+    in the "hash" order, five steps per call. The MNIST-1D MLP config (dropout,
+    `batch_groups`) gives the same bits."""
     config, overrides, metrics = CONFIG, OVERRIDES, ("loss", "accuracy")
     multi_data_dir, extra, pipeline = data_dir, (), None
     if case == "image_classification":
@@ -151,6 +153,8 @@ def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, d
         data_dir = multi_data_dir = str(helpers.write_parallel_folder(tmp_path / "corpus"))
         config, overrides = TRANSLATION_CONFIG, TRANSLATION_OVERRIDES
         metrics = ("loss", "token_accuracy", "bleu")
+    if case == "dropout_mlp":
+        config = MLP_CONFIG
     single = helpers.run_command(
         _command(tmp_path / "single", data_dir, overrides, config=config), devices=4
     )
@@ -175,6 +179,12 @@ def test_two_processes_give_the_metrics_of_one_process_with_four_devices(case, d
                 assert record_two[name] == pytest.approx(record_one[name], rel=1e-5), name
     checkpoints = os.listdir(tmp_path / "multi" / workdir_lib.CHECKPOINT_DIR)
     assert sorted(n for n in checkpoints if n.isdigit()) == ["15", "30"]
+    if case == "dropout_mlp":
+        hashes = [
+            json.loads((tmp_path / run / workdir_lib.SUMMARY_FILE).read_text())["params_sha256"]
+            for run in ("single", "multi")
+        ]
+        assert hashes[0] == hashes[1]
 
 
 def test_a_dead_process_makes_the_other_exit_with_an_error(data_dir, tmp_path):

@@ -35,7 +35,13 @@ POSITIVE_INTEGERS = (
     "grad_accum_steps",
     "steps_per_dispatch",
 )
-NON_NEGATIVE_INTEGERS = ("seed", "warmup_steps", "average_last_checkpoints", "input_workers")
+NON_NEGATIVE_INTEGERS = (
+    "seed",
+    "warmup_steps",
+    "average_last_checkpoints",
+    "input_workers",
+    "batch_groups",
+)
 # Numbers that must lie in [low, high] (None: unbounded); every number must be finite.
 RANGES = {
     "weight_decay": (0.0, None),
@@ -220,6 +226,24 @@ def check_parameter_patterns(config: ml_collections.ConfigDict, params, model_st
             )
 
 
+def _check_batch_groups(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Blocks of whole rows, whole blocks on every device, one copy of the parameters each."""
+    groups = config.batch_groups
+    if not groups:
+        return
+    if config.batch_size % groups or groups % device_count:
+        raise ConfigError(
+            f"config.batch_groups={groups} must divide config.batch_size={config.batch_size} "
+            f"and be a multiple of the {device_count} devices; set --config.batch_groups to "
+            "such a number (for example the largest device count you will run on), or 0."
+        )
+    if config.grad_accum_steps > 1 or config.mesh.get("fsdp", 1) != 1:
+        raise ConfigError(
+            "config.batch_groups computes gradients block by block with the parameters on "
+            "every device; set --config.grad_accum_steps=1 and --config.mesh.fsdp=1 with it."
+        )
+
+
 def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None:
     """Mixed precision, gradient accumulation, steps per dispatch and XLA flags."""
     for key in ("dtype", "param_dtype"):
@@ -235,6 +259,7 @@ def _check_scaling(config: ml_collections.ConfigDict, device_count: int) -> None
             f"{device_count} devices; set --config.batch_size to a multiple of "
             f"{device_count * micro_batches}."
         )
+    _check_batch_groups(config, device_count)
     per_dispatch = config.steps_per_dispatch
     for key in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         if config[key] % per_dispatch:
@@ -307,6 +332,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.param_dtype = "float32"
     config.grad_accum_steps = 1
     config.grad_accum_unroll = False  # unrolled instead of lax.scan: faster convolutions on CPU
+    # > 0: the gradient is computed over this many blocks of consecutive rows and added in a
+    # fixed order, so that any device count dividing it gives the same bits (docs/scaling.md).
+    config.batch_groups = 0
     config.steps_per_dispatch = 1
     config.steps_per_dispatch_unroll = True  # False: lax.scan, one compilation of the step
     config.xla_flags = ""

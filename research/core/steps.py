@@ -150,6 +150,24 @@ def _gradients(
     return total / weight, grads, model_state, sums
 
 
+def _grouped_gradients(state: TrainState, batch: Batch, rng, scale, *, model, task, block_sums):
+    """`_gradients` computed block by block (`block_sums`: the trainer's
+    `parallel.block_sums`, blocks of consecutive rows, dropout keys folded with the block's
+    index) and added in a fixed order: the same bits on any device count."""
+    rows = jax.tree.leaves(batch)[0].shape[0]
+
+    def one_block(shared, block, index):
+        params, key, scale = shared
+        grads, (total, weight, sums, _) = _slice_gradients(
+            params, {}, block, jax.random.fold_in(key, index), scale, rows, model=model, task=task
+        )
+        return grads, total, weight, sums
+
+    grads, total, weight, sums = block_sums(one_block)((state.params, rng, scale), batch)
+    grads = jax.tree.map(lambda g: g * (rows / weight), grads)
+    return total / weight, grads, state.model_state, sums
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -162,6 +180,7 @@ def train_step(
     skip_nonfinite: bool = False,
     grad_accum_steps: int = 1,
     grad_accum_unroll: bool = False,
+    block_sums: Callable | None = None,
 ) -> tuple[TrainState, dict[str, Metrics]]:
     """One optimizer step on the global batch `[rows, ...]`.
 
@@ -170,16 +189,22 @@ def train_step(
     whose loss or gradient is not finite leaves the state unchanged. With a loss scale in
     the state (float16), a step with non-finite gradients is skipped and the scale halved;
     it counts as not finite only once the scale is down to 1. `grad_accum_steps` and
-    `grad_accum_unroll` say how the gradient is computed (`_gradients`).
+    `grad_accum_unroll` say how the gradient is computed (`_gradients`); `block_sums` computes
+    it block by block in a fixed order instead (`_grouped_gradients`).
     """
     # One key for the global batch: dropout masks are drawn for its whole shape, so they do
     # not depend on how many devices share it (JAX's partitionable threefry).
     rng = jax.random.fold_in(rng, state.step)
     scale = state.loss_scale["scale"] if state.loss_scale else None
-    loss, grads, model_state, sums = _gradients(
-        state, batch, rng, scale, model=model, task=task, micro_batches=grad_accum_steps,
-        unroll=grad_accum_unroll,
-    )  # fmt: skip
+    if block_sums is not None:
+        loss, grads, model_state, sums = _grouped_gradients(
+            state, batch, rng, scale, model=model, task=task, block_sums=block_sums
+        )
+    else:
+        loss, grads, model_state, sums = _gradients(
+            state, batch, rng, scale, model=model, task=task, micro_batches=grad_accum_steps,
+            unroll=grad_accum_unroll,
+        )  # fmt: skip
     if scale is not None:
         grads = jax.tree.map(lambda g: g / scale, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -170,6 +170,11 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     )  # fmt: skip
     abstract_state = jax.eval_shape(initialize, init_rng)
     check_parameter_patterns(config, abstract_state.params, abstract_state.model_state)
+    if config.batch_groups and abstract_state.model_state:
+        raise ConfigError(
+            f"config.batch_groups needs a model without state such as batch statistics (this "
+            f"one keeps {', '.join(abstract_state.model_state)}); set --config.batch_groups=0."
+        )
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_fsdp_divides(abstract_state, mesh)
     state_shardings = parallel.state_shardings(abstract_state, mesh)
@@ -224,6 +229,11 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
         skip_nonfinite=config.skip_nonfinite_steps,
         grad_accum_steps=config.grad_accum_steps,
         grad_accum_unroll=config.grad_accum_unroll,
+        block_sums=(
+            functools.partial(parallel.block_sums, mesh, groups=config.batch_groups)
+            if config.batch_groups
+            else None
+        ),
     )
     if config.steps_per_dispatch == 1:
         train_step = functools.partial(steps.train_step, **step_settings)

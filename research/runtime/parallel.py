@@ -8,12 +8,15 @@ parallelism). Steps are `jax.jit` functions of these global arrays: what `pmap` 
 by hand, XLA now derives from the shardings.
 """
 
+import functools
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -51,6 +54,20 @@ def initialize_distributed(
         process_id=process_id,
         heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
+
+
+def fix_cpu_threads(batch_groups: int) -> None:
+    """Gives XLA's CPU thread pool the same size on any device count, before the backend starts.
+
+    XLA:CPU runs matrix products on a pool of max(cores, devices in this process) threads
+    (`NPROC`, when set, replaces the core count), and how a product splits and adds its terms
+    depends on that size: simulating 4 devices on 2 cores changes the last bits of a weight
+    gradient. With `config.batch_groups` (gradients that do not depend on the device count),
+    the pool gets max(cores, batch_groups) threads, enough for every device count that divides
+    it. An `NPROC` the user set is kept; other platforms ignore it.
+    """
+    if batch_groups and "NPROC" not in os.environ:
+        os.environ["NPROC"] = str(max(len(os.sched_getaffinity(0)), batch_groups))
 
 
 def exit_with_error(code: int) -> None:
@@ -152,6 +169,44 @@ def batch_sharding(mesh: Mesh, *, steps: bool = False) -> NamedSharding:
     """Rows `[batch, ...]` split over every device; with `steps`, `[steps, batch, ...]`."""
     spec = PartitionSpec(None, BATCH_AXES) if steps else PartitionSpec(BATCH_AXES)
     return NamedSharding(mesh, spec)
+
+
+def in_order(stacked: PyTree) -> PyTree:
+    """The sum over the leading axis of every leaf, added first to last: ((x0 + x1) + x2)...
+    (float addition is not associative, and a reduction's order is the compiler's choice)."""
+    return jax.tree.map(
+        lambda leaf: functools.reduce(lambda a, b: a + b, [leaf[i] for i in range(len(leaf))]),
+        stacked,
+    )
+
+
+def block_sums(mesh: Mesh, block_fn: Callable, groups: int) -> Callable:
+    """`f(shared, batch)`: the sum of `block_fn(shared, block, index)` over the `groups` blocks
+    of consecutive rows of `batch` (`[rows, ...]`, split over every device), added first
+    block to last and replicated.
+
+    Each device runs `block_fn` on its own blocks one after another, so every block is the
+    same program on any mesh whose device count divides `groups`; the outputs are gathered
+    (a copy) before the fixed-order sum. The result's bits do not depend on the device count.
+    `shared` (parameters, keys) must be replicated.
+    """
+    devices = mesh.size
+
+    def per_device(shared, batch, indices):
+        blocks = jax.tree.map(
+            lambda leaf: leaf.reshape(groups // devices, -1, *leaf.shape[1:]), batch
+        )
+        outputs = jax.lax.map(lambda block: block_fn(shared, *block), (blocks, indices))
+        return in_order(jax.lax.all_gather(outputs, BATCH_AXES, tiled=True))
+
+    spread = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(BATCH_AXES), PartitionSpec(BATCH_AXES)),
+        out_specs=PartitionSpec(),
+        check_vma=False,
+    )
+    return lambda shared, batch: spread(shared, batch, jnp.arange(groups))
 
 
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:

@@ -86,6 +86,7 @@ def run_record(data_fingerprint: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "devices": parallel.device_description(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_threads": os.environ.get("NPROC", ""),  # XLA:CPU's pool size, when fixed
         "prng_implementation": str(jax.config.jax_default_prng_impl),
         "data_fingerprint": data_fingerprint,
         "git_commit": _git_commit(),
