@@ -90,6 +90,38 @@ def test_augmentation_crops_and_flips_as_drawn_from_seed_and_step():
         np.testing.assert_array_equal(out[i], expected[:, ::-1] if flips[i] else expected)
 
 
+def test_random_erasing_zeroes_one_drawn_rectangle_and_keeps_the_crops_and_flips():
+    """Each erased image differs from the cropped and flipped one in exactly one rectangle of
+    2-40% of its area, now zero; the crops and flips are those drawn without erasing, and a
+    host's rows equal those rows of the global batch."""
+    images = np.random.default_rng(0).uniform(1, 2, (64, 12, 10, 1)).astype(np.float32)
+    plain = augmentation.Augmentation("x", crop_padding=1, horizontal_flip=True)
+    erasing = augmentation.Augmentation("x", 1, True, erase_probability=0.5)
+    kept = augmentation.augment({"x": images}, plain, 64, seed=3, step=9, rows=slice(0, 64))["x"]
+    out = augmentation.augment({"x": images}, erasing, 64, seed=3, step=9, rows=slice(0, 64))["x"]
+    erased = 0
+    for before, after in zip(kept, out, strict=True):
+        changed = np.argwhere(before[..., 0] != after[..., 0])
+        if not len(changed):
+            continue
+        erased += 1
+        (top, left), (bottom, right) = changed.min(0), changed.max(0) + 1
+        assert np.all(after[top:bottom, left:right] == 0)  # one rectangle, zero
+        assert np.all((after == before) | (after == 0))
+        assert (bottom - top) * (right - left) <= 0.4 * 120 + 3  # rounded sides
+    assert 16 < erased < 48  # about half, drawn
+    host = augmentation.augment(
+        {"x": images[16:32]}, erasing, 64, seed=3, step=9, rows=slice(16, 32)
+    )["x"]
+    np.testing.assert_array_equal(host, out[16:32])
+    settings = load_config(
+        os.path.join(REPO_ROOT, "experiments/image_classification/configs/fashion_mnist_cnn.py")
+    )
+    settings.augmentation.erase_probability = 1.5
+    with pytest.raises(trainer.ConfigError, match="erase_probability is 1.5; set it from 0"):
+        augmentation.from_config(settings, ("image",))
+
+
 @pytest.mark.parametrize("steps_per_dispatch", [1, 2])
 def test_training_through_grain_ends_with_the_in_memory_parameters(
     tiny_images, tmp_path, steps_per_dispatch

@@ -1,5 +1,6 @@
-"""Image augmentation (random crop with padding, horizontal flip) as a pure function of
-(seed, step, example): both input paths call `augment` on a host's rows of a global batch.
+"""Image augmentation (random crop with padding, horizontal flip, random erasing) as a pure
+function of (seed, step, example): both input paths call `augment` on a host's rows of a
+global batch.
 """
 
 import dataclasses
@@ -12,6 +13,10 @@ from research.core.config import ConfigError
 # Mixed into the seed so augmentation draws never coincide with the epoch permutations
 # (seed, epoch) or the bucket orders (seed, epoch, 1) of research/core/data.py.
 AUGMENTATION_STREAM = 2
+# Random erasing (Zhong et al., 2017): the erased rectangle covers this fraction of the image
+# and has a height / width ratio in this range, both drawn uniformly (the ratio in log space).
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,27 +26,39 @@ class Augmentation:
     key: str
     crop_padding: int = 0  # pixels of zero padding on each side before a random crop
     horizontal_flip: bool = False
+    erase_probability: float = 0.0  # each image has a random rectangle set to zero
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.horizontal_flip
+        return self.crop_padding > 0 or self.horizontal_flip or self.erase_probability > 0
 
 
 def from_config(config: ml_collections.ConfigDict, image_keys: tuple[str, ...]):
     """The config's `Augmentation` (`config.augmentation`), or None when it is off."""
     settings = config.augmentation
-    augmentation = Augmentation("", int(settings.crop_padding), bool(settings.horizontal_flip))
+    augmentation = Augmentation(
+        "",
+        int(settings.crop_padding),
+        bool(settings.horizontal_flip),
+        float(settings.get("erase_probability", 0.0)),
+    )
     if augmentation.crop_padding < 0:
         raise ConfigError(
             f"config.augmentation.crop_padding is {augmentation.crop_padding}; set it to 0 "
             "(off) or a number of pixels."
+        )
+    if not 0 <= augmentation.erase_probability <= 1:
+        raise ConfigError(
+            f"config.augmentation.erase_probability is {augmentation.erase_probability}; set "
+            "it from 0 (off) to 1."
         )
     if not augmentation.active:
         return None
     if len(image_keys) != 1:
         raise ConfigError(
             f"config.augmentation is on but task '{config.task}' has no images to augment; "
-            "set --config.augmentation.crop_padding=0 --config.augmentation.horizontal_flip=False."
+            "set --config.augmentation.crop_padding=0 --config.augmentation.horizontal_flip=False "
+            "--config.augmentation.erase_probability=0."
         )
     return dataclasses.replace(augmentation, key=image_keys[0])
 
@@ -54,7 +71,8 @@ def augment(
     step: int,
     rows: slice,
 ) -> dict[str, np.ndarray]:
-    """`batch` (rows `rows` of the global batch at `step`) with its images cropped and flipped.
+    """`batch` (rows `rows` of the global batch at `step`) with its images cropped, flipped
+    and erased.
 
     The draws are made for the whole global batch from (seed, step), so an example's
     augmentation depends on its position in the global batch, not on the host layout.
@@ -79,4 +97,24 @@ def augment(
         )
     if augmentation.horizontal_flip:
         images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    if augmentation.erase_probability:
+        keep = ~erased_pixels(rng, augmentation.erase_probability, global_batch_size, height, width)
+        images = images * keep[rows, :, :, None].astype(images.dtype)
     return {**batch, augmentation.key: images}
+
+
+def erased_pixels(rng, probability: float, count: int, height: int, width: int) -> np.ndarray:
+    """`[count, height, width]` bool: for each image drawn with `probability`, one rectangle of
+    `ERASE_AREA` of the image and height / width ratio in `ERASE_ASPECT` (cut to the image),
+    placed uniformly; drawn after the crops and flips, which it leaves as they were."""
+    erase = rng.random(count) < probability
+    area = rng.uniform(*ERASE_AREA, count) * height * width
+    ratio = np.exp(rng.uniform(*np.log(ERASE_ASPECT), count))
+    sizes_y = np.clip(np.round(np.sqrt(area * ratio)), 1, height).astype(int)
+    sizes_x = np.clip(np.round(np.sqrt(area / ratio)), 1, width).astype(int)
+    tops = (rng.random(count) * (height - sizes_y + 1)).astype(int)
+    lefts = (rng.random(count) * (width - sizes_x + 1)).astype(int)
+    ys, xs = np.arange(height)[None, :, None], np.arange(width)[None, None, :]
+    inside_y = (ys >= tops[:, None, None]) & (ys < (tops + sizes_y)[:, None, None])
+    inside_x = (xs >= lefts[:, None, None]) & (xs < (lefts + sizes_x)[:, None, None])
+    return inside_y & inside_x & erase[:, None, None]

@@ -309,8 +309,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.data_dir = "~/tensorflow_datasets"
     # Sequence tasks: batches padded to the nearest of these lengths; () pads to the maximum.
     config.bucket_boundaries = ()
-    # Image tasks (research/core/augmentation.py): random crops after zero padding, flips.
-    config.augmentation = ml_collections.ConfigDict({"crop_padding": 0, "horizontal_flip": False})
+    # Image tasks (research/core/augmentation.py): random crops after zero padding, flips,
+    # random erasing.
+    config.augmentation = ml_collections.ConfigDict(
+        {"crop_padding": 0, "horizontal_flip": False, "erase_probability": 0.0}
+    )
     # Regular expressions over parameter paths such as "Dense_1/kernel" (docs/finetuning.md).
     config.frozen = ()  # these parameters receive no updates and keep no optimizer state
     config.learning_rate_multipliers = ()  # ((pattern, factor), ...): factor x learning rate
