@@ -65,6 +65,38 @@ def test_resnet_mirror_average_is_the_mean_of_the_image_and_its_mirror_in_evalua
     )
 
 
+def test_resnet_shift_average_is_the_mean_over_one_pixel_shifts_and_mirrors():
+    """Ten views: the image and its mirror, each as given and moved one pixel each way
+    (written here with numpy's roll and a zeroed edge), in evaluation only."""
+    from experiments.image_classification.models.resnet import ResNet
+
+    images = np.asarray(jax.random.normal(jax.random.key(2), (3, 6, 6, 1)))
+    plain = ResNet(5, stage_sizes=(1,), width=2)
+    averaged = ResNet(5, stage_sizes=(1,), width=2, mirror_average=True, shift_average=True)
+    variables = jax.jit(lambda x: plain.init(jax.random.key(0), x, train=False))(images)
+
+    def moved(x, axis, step):
+        out = np.roll(x, step, axis)
+        edge = [slice(None)] * 4
+        edge[axis] = 0 if step > 0 else -1
+        out[tuple(edge)] = 0
+        return out
+
+    views = []
+    for x in (images, images[:, :, ::-1]):
+        views += [x] + [moved(x, axis, step) for axis in (1, 2) for step in (1, -1)]
+    logits = jax.jit(lambda v, x: plain.apply(v, x, train=False))(variables, np.concatenate(views))
+    expected = np.asarray(logits).reshape(10, 3, 5).mean(0)
+    result = jax.jit(lambda v, x: averaged.apply(v, x, train=False))(variables, images)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+    train = jax.jit(lambda m, v, x: m.apply(v, x, train=True, mutable=["batch_stats"]),
+                    static_argnums=0)  # fmt: skip
+    jax.tree.map(
+        np.testing.assert_array_equal, train(plain, variables, images),
+        train(averaged, variables, images),
+    )  # fmt: skip
+
+
 def test_label_smoothing_loss_is_the_closed_form_and_zero_smoothing_is_plain_cross_entropy():
     from experiments.image_classification import task
 

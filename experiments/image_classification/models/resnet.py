@@ -43,6 +43,9 @@ class ResNet(nn.Module):
     # Evaluation averages the logits of each image and its mirror image (test-time
     # augmentation for models trained with horizontal flips); training sees images as given.
     mirror_average: bool = False
+    # Evaluation also averages over the image moved one pixel up, down, left and right (zeros
+    # fill the edge it leaves): five views, ten with `mirror_average`.
+    shift_average: bool = False
     dtype: Any = jnp.float32  # computation
     param_dtype: Any = jnp.float32
 
@@ -56,9 +59,11 @@ class ResNet(nn.Module):
                 f"ResNet widths {widths} name {len(widths)} stages but stage_sizes "
                 f"{tuple(self.stage_sizes)} has {stages}; give one width per stage."
             )
-        mirrored = self.mirror_average and not train
-        if mirrored:  # one pass over [images; mirrored images]: the same modules, each once
-            images = jnp.concatenate([images, images[:, :, ::-1]])
+        views = 1
+        if self.mirror_average and not train:  # one pass over all views: each module once
+            images, views = jnp.concatenate([images, images[:, :, ::-1]]), views * 2
+        if self.shift_average and not train:
+            images, views = jnp.concatenate([images, *_one_pixel_shifts(images)]), views * 5
         hidden = nn.Conv(widths[0], (3, 3), use_bias=False, **dtypes)(images)
         norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, **dtypes)
         hidden = nn.relu(norm(hidden))
@@ -68,7 +73,14 @@ class ResNet(nn.Module):
                 hidden = BasicBlock(widths[stage], strides, **dtypes)(hidden, train=train)
         hidden = hidden.mean(axis=(1, 2))
         logits = nn.Dense(self.num_classes, **dtypes)(hidden)
-        if mirrored:
-            plain, mirror = jnp.split(logits, 2)
-            logits = (plain + mirror) / 2
-        return logits
+        return jnp.mean(jnp.stack(jnp.split(logits, views)), axis=0) if views > 1 else logits
+
+
+def _one_pixel_shifts(images: jax.Array) -> list[jax.Array]:
+    """`images` `[batch, height, width, channels]` moved one pixel down, up, right and left."""
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    height, width = images.shape[1:3]
+    return [
+        padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+    ]
