@@ -54,6 +54,22 @@ def test_batch_size_not_divisible_by_device_count_is_refused():
         config_lib.validate(config, device_count=4)
 
 
+def test_batch_groups_that_the_batch_or_the_devices_cannot_split_are_refused():
+    config = GOOD.copy_and_resolve_references()
+    config.batch_size, config.eval_batch_size, config.batch_groups = 128, 128, 8
+    for devices in (1, 2, 4, 8):
+        config_lib.validate(config, device_count=devices)
+    config.batch_groups = 6
+    with pytest.raises(config_lib.ConfigError, match="batch_groups=6 must divide config.batch_s"):
+        config_lib.validate(config, device_count=2)
+    config.batch_groups = 2
+    with pytest.raises(config_lib.ConfigError, match="be a multiple of the 4 devices"):
+        config_lib.validate(config, device_count=4)
+    config.batch_groups, config.grad_accum_steps = 8, 2
+    with pytest.raises(config_lib.ConfigError, match="grad_accum_steps=1 and --config.mesh.fsdp"):
+        config_lib.validate(config, device_count=1)
+
+
 def test_missing_required_key_is_refused():
     config = GOOD.copy_and_resolve_references()
     del config["data_dir"]

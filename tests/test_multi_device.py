@@ -80,20 +80,6 @@ def test_sharded_padded_evaluation_equals_numpy_over_the_whole_split(data_dir):
     assert result["sharded"]["loss"] == pytest.approx(result["numpy"]["loss"], rel=1e-6)
 
 
-def test_four_devices_at_the_default_logging_cadence_finish_like_one(data_dir, tmp_path):
-    """As a user launches: 300 steps dispatched ahead between logs, 4 devices on a machine
-    with fewer cores; the collectives must not time out, and the run lands where one device's
-    does. (Float sums group differently on 1 and 4 devices; over hundreds of steps at this
-    learning rate those last-bit differences grow to ~1e-3 of the loss.)"""
-    flags = [f"--config.data_dir={data_dir}", "--config.num_train_steps=300"]
-    flags += ["--config.batch_size=32"]
-    for devices in (4, 1):
-        _launch(tmp_path / str(devices), CNN_CONFIG, *flags, devices=devices)
-    four, one = _summary(tmp_path / "4"), _summary(tmp_path / "1")
-    assert four["train"]["loss"] == pytest.approx(one["train"]["loss"], rel=2e-2)
-    assert four["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=0.02)
-
-
 def test_the_mlp_with_dropout_gives_the_same_bits_on_1_2_4_and_8_devices(data_dir, tmp_path):
     """As a user launches, at the default logging cadence: the MNIST-1D MLP config (dropout
     0.5, `batch_groups=8`), 300 steps on 1, 2, 4 and 8 devices, ends with the same parameters
@@ -113,13 +99,6 @@ def test_the_mlp_with_dropout_gives_the_same_bits_on_1_2_4_and_8_devices(data_di
         assert other["params_sha256"] == one["params_sha256"]
         assert other["train"]["loss"] == pytest.approx(one["train"]["loss"], rel=1e-6)
         assert other["test"]["accuracy"] == one["test"]["accuracy"]
-    result = helpers.launch(
-        f"--config={MLP_CONFIG}", f"--workdir={tmp_path / 'bad'}", *flags,
-        "--config.batch_groups=6", devices=4,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "config.batch_groups=6 must divide config.batch_size=128" in result.stderr
-    assert not os.path.exists(tmp_path / "bad" / "checkpoints")
 
 
 SCAN_FLAGS = [
