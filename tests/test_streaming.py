@@ -156,6 +156,14 @@ def test_device_resident_data_refuses_host_augmentation_in_one_sentence(tiny_ima
     assert not (tmp_path / "run").exists()
 
 
+def test_batch_groups_refuse_a_model_with_batch_statistics_in_one_sentence(tiny_images, tmp_path):
+    config = tiny_images.copy_and_resolve_references()
+    config.batch_groups = 4  # the ResNet keeps batch-norm statistics, which blocks cannot share
+    with pytest.raises(trainer.ConfigError, match="batch_groups needs a model without state"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_uint8_statistics_are_the_exact_sums_the_float64_path_computes():
     images = np.random.default_rng(3).integers(0, 256, (700, 9, 9, 3), dtype=np.uint8)
     mean, std = image_task._statistics(lambda a, b: images[a:b], len(images))

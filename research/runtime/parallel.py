@@ -67,7 +67,15 @@ def fix_cpu_threads(batch_groups: int) -> None:
     it. An `NPROC` the user set is kept; other platforms ignore it.
     """
     if batch_groups and "NPROC" not in os.environ:
-        os.environ["NPROC"] = str(max(len(os.sched_getaffinity(0)), batch_groups))
+        os.environ["NPROC"] = str(max(_usable_cores(), batch_groups))
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (the count XLA uses); all of them where Python
+    cannot tell (macOS has no affinity call)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def exit_with_error(code: int) -> None:
