@@ -98,15 +98,20 @@ def augment(
     if augmentation.horizontal_flip:
         images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
     if augmentation.erase_probability:
-        keep = ~erased_pixels(rng, augmentation.erase_probability, global_batch_size, height, width)
-        images = images * keep[rows, :, :, None].astype(images.dtype)
+        erased = erased_pixels(
+            rng, augmentation.erase_probability, global_batch_size, height, width, rows
+        )
+        images = images * ~erased[..., None]
     return {**batch, augmentation.key: images}
 
 
-def erased_pixels(rng, probability: float, count: int, height: int, width: int) -> np.ndarray:
-    """`[count, height, width]` bool: for each image drawn with `probability`, one rectangle of
-    `ERASE_AREA` of the image and height / width ratio in `ERASE_ASPECT` (cut to the image),
-    placed uniformly; drawn after the crops and flips, which it leaves as they were."""
+def erased_pixels(
+    rng, probability: float, count: int, height: int, width: int, rows: slice
+) -> np.ndarray:
+    """`[rows, height, width]` bool: rectangles drawn for all `count` images of the global
+    batch (each with `probability`: `ERASE_AREA` of the image, height / width ratio in
+    `ERASE_ASPECT`, cut to the image, placed uniformly), drawn out for `rows` alone. Drawn
+    after the crops and flips, which it leaves as they were."""
     erase = rng.random(count) < probability
     area = rng.uniform(*ERASE_AREA, count) * height * width
     ratio = np.exp(rng.uniform(*np.log(ERASE_ASPECT), count))
@@ -115,6 +120,7 @@ def erased_pixels(rng, probability: float, count: int, height: int, width: int) 
     tops = (rng.random(count) * (height - sizes_y + 1)).astype(int)
     lefts = (rng.random(count) * (width - sizes_x + 1)).astype(int)
     ys, xs = np.arange(height)[None, :, None], np.arange(width)[None, None, :]
-    inside_y = (ys >= tops[:, None, None]) & (ys < (tops + sizes_y)[:, None, None])
-    inside_x = (xs >= lefts[:, None, None]) & (xs < (lefts + sizes_x)[:, None, None])
-    return inside_y & inside_x & erase[:, None, None]
+    top, left = tops[rows, None, None], lefts[rows, None, None]
+    inside_y = (ys >= top) & (ys < top + sizes_y[rows, None, None])
+    inside_x = (xs >= left) & (xs < left + sizes_x[rows, None, None])
+    return inside_y & inside_x & erase[rows, None, None]
