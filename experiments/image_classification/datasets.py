@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import tensorflow_datasets as tfds
-from mnist1d.data import get_dataset_args, make_dataset
 from tensorflow_datasets.image_classification.mnist import FashionMNIST
 
 from research.core import data
@@ -36,6 +35,10 @@ def generate_mnist1d() -> dict[str, np.ndarray]:
 
     make_dataset reseeds numpy's and Python's global RNGs, so both states are restored afterwards.
     """
+    # Imported here: mnist1d pulls in scipy and matplotlib's pyplot, two seconds of every
+    # launch that reads the generated files and never calls it.
+    from mnist1d.data import get_dataset_args, make_dataset
+
     numpy_state = np.random.get_state()
     python_state = random.getstate()
     try:
