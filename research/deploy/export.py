@@ -6,6 +6,7 @@ parameters, the task's preprocessing assets, `signature.json` and `serving_runti
 """
 
 import dataclasses
+import functools
 import json
 import logging as python_logging
 import os
@@ -181,9 +182,12 @@ def _restore(config, task, workdir: str, directory: str, step: int):
     dataset = task.load_data(artifacts)
     model = task.create_model(dataset.info)
     example = dataset.train.take(np.arange(1))  # one row: a split may be read from files
-    like = steps.create_train_state(
-        jax.random.PRNGKey(0), model, task, example, optimizers.create_optimizer(config)
-    )
+    # Only the state's structure, shapes and dtypes: traced, never computed.
+    initialize = functools.partial(
+        steps.create_train_state, model=model, task=task, example_batch=example,
+        optimizer=optimizers.create_optimizer(config),
+    )  # fmt: skip
+    like = jax.eval_shape(initialize, jax.random.PRNGKey(0))
     state = checkpoints.restore_state(directory, step, like)
     variables = {"params": state.params, **state.model_state}
     return config, task, dataset, model, variables, step, artifacts
