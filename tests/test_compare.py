@@ -271,6 +271,33 @@ def test_rerun_skips_a_finished_point_and_resumes_an_interrupted_one(sweep_root,
     assert statuses == ["finished"] * 4
 
 
+# Status lines printed from 8 threads at once; with `print`, which writes the text and the
+# newline separately, about 1 line in 10 of these came out joined or empty.
+SAY_FROM_THREADS = """
+import threading
+from research.compare import sweep_runner
+runner = sweep_runner.Runner(".", None)
+def say(i):
+    for _ in range(1000):
+        runner.say(f"p{i}: finished before, skipped")
+threads = [threading.Thread(target=say, args=(i,)) for i in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+def test_status_lines_from_parallel_points_never_interleave():
+    result = subprocess.run(
+        [sys.executable, "-c", SAY_FROM_THREADS],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert sorted(set(lines)) == [f"p{i}: finished before, skipped" for i in range(8)]
+    assert len(lines) == 8000
+
+
 # A stand-in for launch.py: records its cores and thread pool size, then finishes (writes the
 # config and a summary), fails, or stops after a checkpoint (exits 0 without a summary).
 STAND_IN = """

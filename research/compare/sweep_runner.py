@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -246,6 +247,7 @@ class Runner:
         self.stopping = False
         self._children: set[subprocess.Popen] = set()
         self._guard = threading.Lock()
+        self._printing = threading.Lock()
 
     def stop(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
         """SIGTERM: no new points; running ones are told to checkpoint and stop."""
@@ -254,18 +256,24 @@ class Runner:
             for child in self._children:
                 child.send_signal(signal.SIGTERM)
 
+    def say(self, line: str) -> None:
+        """Prints one status line whole: `print` from several threads can interleave."""
+        with self._printing:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     def run(self, index: int, point: dict, cores=None, devices=None) -> str:
         workdir = os.path.join(self.root, point["name"])
         if is_finished(workdir, point["config"]):
             self.record.update(index, status="finished")
-            print(f"{point['name']}: finished before, skipped", flush=True)
+            self.say(f"{point['name']}: finished before, skipped")
             return "finished"
         if self.stopping:
             return "pending"
         holder = workdir_holder(workdir)
         if holder:  # launched by an earlier sweep process that was killed: wait for it
             self.record.update(index, status="running", error=None, adopted=holder)
-            print(f"{point['name']}: still running ({holder}); waiting for it", flush=True)
+            self.say(f"{point['name']}: still running ({holder}); waiting for it")
             while holder and not self.stopping:
                 time.sleep(POLL_SECONDS)
                 holder = workdir_holder(workdir)
@@ -273,7 +281,7 @@ class Runner:
                 return "pending"
             if is_finished(workdir, point["config"]):
                 self.record.update(index, status="finished", adopted=None)
-                print(f"{point['name']}: finished", flush=True)
+                self.say(f"{point['name']}: finished")
                 return "finished"
             # It stopped unfinished (failed or interrupted): launching it again resumes it.
         os.makedirs(os.path.join(self.root, LOG_DIR), exist_ok=True)
@@ -305,7 +313,7 @@ class Runner:
         else:
             status, error = "failed", last_line(log_path)
         self.record.update(index, status=status, error=error, ended=ended, return_code=code)
-        print(f"{point['name']}: {status}" + (f" ({error})" if error else ""), flush=True)
+        self.say(f"{point['name']}: {status}" + (f" ({error})" if error else ""))
         return status
 
 
