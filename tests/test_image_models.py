@@ -97,6 +97,29 @@ def test_resnet_shift_average_is_the_mean_over_one_pixel_shifts_and_mirrors():
     )  # fmt: skip
 
 
+def test_views_script_ten_view_average_is_the_models_shift_average():
+    """benchmarks/test_time_views.py scores checkpoints with its own shifted views; its
+    `mirror_5_shifts` row must be the figure the model's `shift_average` gives the trainer."""
+    from benchmarks.test_time_views import AVERAGES, moved
+    from experiments.image_classification.models.resnet import ResNet
+
+    images = np.asarray(jax.random.normal(jax.random.key(3), (3, 6, 6, 1)))
+    down, right = moved(images, 1, 0), moved(images, 0, -1)
+    np.testing.assert_array_equal(down[:, 1:], images[:, :-1])  # content moves down ...
+    np.testing.assert_array_equal(right[:, :, :-1], images[:, :, 1:])  # ... or left
+    assert not down[:, 0].any() and not right[:, :, -1].any()  # zeros fill the edge left
+    plain = ResNet(5, stage_sizes=(1,), width=2)
+    averaged = ResNet(5, stage_sizes=(1,), width=2, mirror_average=True, shift_average=True)
+    variables = jax.jit(lambda x: plain.init(jax.random.key(0), x, train=False))(images)
+    apply = jax.jit(lambda x: plain.apply(variables, x, train=False))
+    views = [
+        apply(moved(images[:, :, ::-1] if mirrored else images, *offset))
+        for offset, mirrored in AVERAGES["mirror_5_shifts"]
+    ]  # fmt: skip
+    expected = jax.jit(lambda x: averaged.apply(variables, x, train=False))(images)
+    np.testing.assert_allclose(np.mean(views, axis=0), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_label_smoothing_loss_is_the_closed_form_and_zero_smoothing_is_plain_cross_entropy():
     from experiments.image_classification import task
 
