@@ -45,6 +45,25 @@ def test_resnet_widths_equal_the_doubling_width_and_refuse_a_wrong_count():
         shapes(ResNet(10, stage_sizes=(1, 1), widths=(4,)))
 
 
+def test_resnet_stem_strides_2_is_a_strided_convolution_at_half_the_size():
+    from experiments.image_classification.models.resnet import ResNet
+
+    images = jax.random.normal(jax.random.key(4), (2, 8, 8, 1))
+    for strides, size in ((1, 8), (2, 4)):
+        model = ResNet(5, stage_sizes=(1,), width=4, stem_strides=strides)
+        variables = model.init(jax.random.key(0), images, train=False)
+        _, captured = model.apply(
+            variables, images, train=False, capture_intermediates=True, mutable=["intermediates"]
+        )  # fmt: skip
+        (stem,) = captured["intermediates"]["Conv_0"]["__call__"]
+        reference = jax.lax.conv_general_dilated(
+            images, variables["params"]["Conv_0"]["kernel"], (strides, strides), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+        assert stem.shape == (2, size, size, 4)
+        np.testing.assert_allclose(stem, reference, rtol=1e-6, atol=1e-6)
+
+
 def test_resnet_mirror_average_is_the_mean_of_the_image_and_its_mirror_in_evaluation_only():
     from experiments.image_classification.models.resnet import ResNet
 

@@ -1,5 +1,5 @@
 """ResNet with basic blocks and batch normalization, for small images such as 28x28 or 32x32
-(CIFAR-style stem: a 3x3 convolution at full resolution)."""
+(CIFAR-style stem: a 3x3 convolution at full resolution, or with `stem_strides=2` at half)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +40,9 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     width: int = 64  # of the first stage; each later stage doubles it
     widths: Sequence[int] = ()  # each stage's width, in place of `width` doubling; () for that
+    # 2: the stem convolution halves height and width, so every stage runs on a quarter of
+    # the positions (a quarter of the multiply-adds for the same widths).
+    stem_strides: int = 1
     # Evaluation averages the logits of each image and its mirror image (test-time
     # augmentation for models trained with horizontal flips); training sees images as given.
     mirror_average: bool = False
@@ -64,7 +67,8 @@ class ResNet(nn.Module):
             images, views = jnp.concatenate([images, images[:, :, ::-1]]), views * 2
         if self.shift_average and not train:
             images, views = jnp.concatenate([images, *_one_pixel_shifts(images)]), views * 5
-        hidden = nn.Conv(widths[0], (3, 3), use_bias=False, **dtypes)(images)
+        stem = nn.Conv(widths[0], (3, 3), self.stem_strides, use_bias=False, **dtypes)
+        hidden = stem(images)
         norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, **dtypes)
         hidden = nn.relu(norm(hidden))
         for stage, num_blocks in enumerate(self.stage_sizes):
