@@ -49,7 +49,9 @@ def load_run(workdir: str, overrides: dict):
     model = task.create_model(dataset.info)
     optimizer = optimizers.create_optimizer(config)
     example = {key: value[:1] for key, value in dataset.train.items()}
-    state = steps.create_train_state(jax.random.PRNGKey(0), model, task, example, optimizer)
+    state = steps.create_train_state(
+        jax.random.PRNGKey(0), model, task, example, optimizer, ema=config.ema_decay > 0
+    )
     # The state only gives restored checkpoints their structure.
     return config, task, dataset, model, state
 

@@ -111,6 +111,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
             f"config.average_last_checkpoints={averaged} exceeds the {config.keep_checkpoints} "
             f"checkpoints kept; set --config.keep_checkpoints to {averaged} or more."
         )
+    if not 0 <= config.ema_decay < 1:
+        raise ConfigError(
+            f"config.ema_decay is {config.ema_decay}; set it in [0, 1), for example 0.999 "
+            "(0 turns the moving averages off)."
+        )
+    if config.ema_decay > 0 and averaged > 1:
+        raise ConfigError(
+            f"config.ema_decay={config.ema_decay} and config.average_last_checkpoints="
+            f"{averaged} both smooth the final parameters; set one of them to 0."
+        )
     _check_numbers(config)
     if config.learning_rate <= 0:
         raise ConfigError(
@@ -306,6 +316,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.average_last_checkpoints = 0  # > 1: also evaluate the mean of the last N checkpoints
+    # > 0: evaluate, predict and export with exponential moving averages of the parameters and
+    # model state (batch statistics), each step moving them (1 - ema_decay) of the way.
+    config.ema_decay = 0.0
     config.data_dir = "~/tensorflow_datasets"
     # Sequence tasks: batches padded to the nearest of these lengths; () pads to the maximum.
     config.bucket_boundaries = ()

@@ -86,7 +86,7 @@ class Evaluator:
             results[split + suffix] = {**metrics, **self.reference.get(split, {})}
             self.writer.write_metrics(step, split + suffix, results[split + suffix])
         if self.task.samples is not None:
-            host = parallel.to_host(state)
+            host = parallel.to_host(steps.evaluated(state))
             variables = {"params": host.params, **host.model_state}
             samples = self.task.samples(self.model, variables, self.dataset.evaluation_context)
             self.writer.write_examples(step, "samples" + suffix, samples)

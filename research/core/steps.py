@@ -25,6 +25,9 @@ class TrainState:
     model_state: dict  # non-trained collections such as batch_stats; {} for most models
     opt_state: optax.OptState
     loss_scale: precision.LossScale = flax.struct.field(default_factory=dict)  # float16 only
+    # With `config.ema_decay` > 0: {"params", "model_state"}, exponential moving averages of
+    # both, which evaluation, prediction and export use in their place (`evaluated`); else {}.
+    ema: dict = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(
@@ -35,11 +38,13 @@ def create_train_state(
     optimizer,
     *,
     loss_scaling: bool = False,
+    ema: bool = False,
 ) -> TrainState:
     """Initializes parameters from `rng` on an example batch (on the host's default device).
 
     Parameters are kept in float32 whatever the model's `param_dtype` (they are cast to it
-    for each step), so updates smaller than that dtype's resolution are not lost.
+    for each step), so updates smaller than that dtype's resolution are not lost. With `ema`,
+    the moving averages start at the initial parameters and model state.
     """
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init(
@@ -55,7 +60,27 @@ def create_train_state(
         model_state=variables,
         opt_state=optimizer.init(params),
         loss_scale=precision.initial_loss_scale() if loss_scaling else {},
+        ema={"params": params, "model_state": variables} if ema else {},
     )
+
+
+def evaluated(state: TrainState) -> TrainState:
+    """The state evaluation, prediction and export use: with moving averages (`ema`), those
+    in place of the parameters and model state; otherwise `state` itself."""
+    if not state.ema:
+        return state
+    return state.replace(params=state.ema["params"], model_state=state.ema["model_state"])
+
+
+def _moving_average(average, value, decay: float):
+    """decay x `average` + (1 - decay) x `value` for floating leaves; others take `value`."""
+
+    def mix(old, new):
+        if not jnp.issubdtype(new.dtype, jnp.floating):
+            return new
+        return (old * decay + new * (1 - decay)).astype(new.dtype)
+
+    return jax.tree.map(mix, average, value)
 
 
 def _apply(model, params, model_state, batch, task, *, train, rng=None):
@@ -181,6 +206,7 @@ def train_step(
     grad_accum_steps: int = 1,
     grad_accum_unroll: bool = False,
     block_sums: Callable | None = None,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, Metrics]]:
     """One optimizer step on the global batch `[rows, ...]`.
 
@@ -190,7 +216,8 @@ def train_step(
     the state (float16), a step with non-finite gradients is skipped and the scale halved;
     it counts as not finite only once the scale is down to 1. `grad_accum_steps` and
     `grad_accum_unroll` say how the gradient is computed (`_gradients`); `block_sums` computes
-    it block by block in a fixed order instead (`_grouped_gradients`).
+    it block by block in a fixed order instead (`_grouped_gradients`). With moving averages
+    in the state, each step moves them `1 - ema_decay` of the way to the new values.
     """
     # One key for the global batch: dropout masks are drawn for its whole shape, so they do
     # not depend on how many devices share it (JAX's partitionable threefry).
@@ -218,11 +245,15 @@ def train_step(
         loss_scale = precision.next_loss_scale(state.loss_scale, grads_finite)
         # Overflow is expected while the scale adapts; at scale 1 it is divergence.
         all_finite = loss_finite & (grads_finite | (scale > 1))
+    ema = state.ema
+    if ema:
+        ema = _moving_average(ema, {"params": params, "model_state": model_state}, ema_decay)
     if skip_nonfinite or scale is not None:
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply_update, a, b), new, old)
         params = keep(params, state.params)
         opt_state = keep(opt_state, state.opt_state)
         model_state = keep(model_state, state.model_state)
+        ema = keep(ema, state.ema)
     diagnostics = {
         "grad_norm": grad_norm,
         "learning_rate": learning_rate_fn(state.step),
@@ -235,6 +266,7 @@ def train_step(
         model_state=model_state,
         opt_state=opt_state,
         loss_scale=loss_scale,
+        ema=ema,
     )
     return new_state, {"sums": sums, "diagnostics": diagnostics}
 
@@ -282,6 +314,7 @@ def train_step_on_resident_data(
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> Metrics:
     """Metric sums over the global batch, padding masked out."""
+    state = evaluated(state)
     params = _model_params(state.params, model)
     outputs, _ = _apply(model, params, state.model_state, batch, task, train=False)
     outputs = precision.cast_floating(outputs, jnp.float32)
@@ -294,5 +327,6 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) 
 
 def predict_step(state: TrainState, batch: Batch, *, model: nn.Module, task: Task) -> jax.Array:
     """The task's predictions (for example decoded tokens) for the global batch."""
+    state = evaluated(state)
     params = _model_params(state.params, model)
     return task.predict(model, {"params": params, **state.model_state}, batch)

@@ -167,6 +167,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
     initialize = functools.partial(
         steps.create_train_state, model=model, task=task, example_batch=example_batch,
         optimizer=optimizer, loss_scaling=precision.uses_loss_scaling(config),
+        ema=config.ema_decay > 0,
     )  # fmt: skip
     abstract_state = jax.eval_shape(initialize, init_rng)
     check_parameter_patterns(config, abstract_state.params, abstract_state.model_state)
@@ -234,6 +235,7 @@ def _prepare(config, workdir, task, lock, init_from, overwrite) -> Run:
             if config.batch_groups
             else None
         ),
+        ema_decay=config.ema_decay,
     )
     if config.steps_per_dispatch == 1:
         train_step = functools.partial(steps.train_step, **step_settings)

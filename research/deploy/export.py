@@ -185,10 +185,10 @@ def _restore(config, task, workdir: str, directory: str, step: int):
     # Only the state's structure, shapes and dtypes: traced, never computed.
     initialize = functools.partial(
         steps.create_train_state, model=model, task=task, example_batch=example,
-        optimizer=optimizers.create_optimizer(config),
+        optimizer=optimizers.create_optimizer(config), ema=config.get("ema_decay", 0) > 0,
     )  # fmt: skip
     like = jax.eval_shape(initialize, jax.random.PRNGKey(0))
-    state = checkpoints.restore_state(directory, step, like)
+    state = steps.evaluated(checkpoints.restore_state(directory, step, like))
     variables = {"params": state.params, **state.model_state}
     return config, task, dataset, model, variables, step, artifacts
 

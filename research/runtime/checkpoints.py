@@ -249,10 +249,14 @@ def restore_model_from(
     manager = _read_only_manager(directory)
     try:
         saved_tree = manager.item_metadata(step).tree
+        # A run with moving averages is evaluated with them: those are what it passes on.
+        averaged = bool(saved_tree.get("ema"))
         wanted = {"params": like.params, "model_state": like.model_state}
         saved = {
             path: shape
-            for path, shape in _metadata_shapes(saved_tree).items()
+            for path, shape in _metadata_shapes(
+                saved_tree["ema"] if averaged else saved_tree
+            ).items()
             if path.split("/")[0] in wanted
         }
         expected = expected_shapes(wanted)
@@ -285,6 +289,8 @@ def restore_model_from(
         restored = parallel.to_host(manager.restore(step, args=ocp.args.StandardRestore(abstract)))
     finally:
         manager.close()
+    if averaged:
+        restored = restored["ema"]
     report.params_sha256 = params_sha256(restored["params"])
 
     def take(collection):
@@ -301,7 +307,10 @@ def restore_model_from(
 
     params = jax.tree_util.tree_map_with_path(take("params"), like.params)
     model_state = jax.tree_util.tree_map_with_path(take("model_state"), like.model_state)
-    return like.replace(params=params, model_state=model_state), report
+    restored_state = like.replace(params=params, model_state=model_state)
+    if like.ema:  # this run's moving averages start at what it starts from
+        restored_state = restored_state.replace(ema={"params": params, "model_state": model_state})
+    return restored_state, report
 
 
 def _within_collection(path: str) -> str:
@@ -322,6 +331,11 @@ def average_of_last(directory: str, count: int, like: TrainState) -> tuple[Train
     Averaging the weights of the last few checkpoints smooths the noise of the final steps
     (Vaswani et al. 2017 average the last 5 or 20); the mean is taken in float64.
     """
+    if like.ema:
+        raise CheckpointError(
+            "This run evaluates moving averages of its parameters (config.ema_decay), which "
+            "checkpoint averaging would ignore; average the checkpoints of a run without them."
+        )
     chosen = saved_steps(directory)[-count:]
     if not chosen:
         raise CheckpointError(f"No checkpoint in {directory} to average.")
