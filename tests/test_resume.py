@@ -17,9 +17,11 @@ SCHEDULE = {
     "checkpoint_every_steps": 20,
 }
 CASES = {
+    # With moving averages of the weights: they are part of the state a checkpoint keeps, and
+    # the final evaluation (which uses them) must match too.
     "image_classification": (
         "experiments/image_classification/configs/mnist1d_cnn.py",
-        {"batch_size": 32},
+        {"batch_size": 32, "ema_decay": 0.9},
     ),
     # Length-bucketed batches of a tiny Transformer: the batch at each step, its shape
     # included, is a function of (seed, step) alone.
