@@ -28,9 +28,15 @@ TINY = {"num_train_steps": 8, "eval_every_steps": 8, "log_every_steps": 4}
 TINY |= {"checkpoint_every_steps": 8, "warmup_steps": 2}
 RUNS = {
     "regression": ("regression/configs/diabetes_mlp.py", {"eval_batch_size": 32}),
+    # With moving averages of the weights: those are what the run is evaluated and exported with.
     "image_classification": (
         "image_classification/configs/mnist1d_cnn.py",
-        {"eval_batch_size": 256, "model.features": (8, 8), "model.dense_sizes": ()},
+        {
+            "eval_batch_size": 256,
+            "model.features": (8, 8),
+            "model.dense_sizes": (),
+            "ema_decay": 0.5,
+        },
     ),
     "seq2seq": (
         "seq2seq/configs/scan_transformer.py",
@@ -120,7 +126,9 @@ def test_exported_models_run_without_the_repository_and_match_the_trainer(export
     for task_name, (config, root, arrays, _) in exported.items():
         signature = json.loads((root / "model" / "signature.json").read_text())
         summary = json.loads((root / "run" / "summary.json").read_text())
-        assert signature["params_sha256"] == summary["params_sha256"]
+        exported_params = summary.get("ema_params_sha256", summary["params_sha256"])
+        assert signature["params_sha256"] == exported_params
+        assert ("ema_params_sha256" in summary) == (task_name == "image_classification")
         assert signature["platforms"] == ["cpu", "cuda", "tpu"]
         inputs = _eval_inputs(task_name, config, arrays)
         np.savez(tmp_path / f"{task_name}.npz", **inputs)
@@ -482,7 +490,7 @@ def test_export_reads_one_fixed_step_while_the_run_rotates_its_checkpoints(
     signature = export.export_run(str(copy), str(tmp_path / "model"), get_task=experiments.get_task)
     summary = json.loads((run / "summary.json").read_text())
     assert signature["step"] == chosen
-    assert signature["params_sha256"] == summary["params_sha256"]
+    assert signature["params_sha256"] == summary["ema_params_sha256"]  # the run's RUNS entry
 
 
 def test_a_damaged_model_folder_is_one_sentence(models, tmp_path):
