@@ -418,16 +418,16 @@ def _train(run: Run) -> dict[str, Any]:
     final_params = parallel.to_host(state.params)
     loop_seconds = time.time() - loop_start if loop_start else 0.0
     averaged = _evaluate_average(run, state, eval_results)
-    averaged_weights = {}  # with moving averages: what evaluation, export and --init_from use
+    moving_averages = {}  # with moving averages: what evaluation, export and --init_from use
     if state.ema:
         ema_params = parallel.to_host(state.ema["params"])
-        averaged_weights["ema_params_sha256"] = workdir_lib.params_sha256(ema_params)
+        moving_averages["ema_params_sha256"] = workdir_lib.params_sha256(ema_params)
     summary = {
         **eval_results,
         **averaged,
         "train": train_metrics,
         "params_sha256": workdir_lib.params_sha256(final_params),
-        **averaged_weights,
+        **moving_averages,
         "final_step": num_steps,
         **({"evaluation_details": run.evaluate.details} if run.evaluate.details else {}),
         "wall_time_s": time.time() - run.start_time,
