@@ -112,7 +112,7 @@ SCAN_FLAGS = [
 
 def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
     """SCAN Transformer, fsdp=4 on 4 devices: each device holds at most 0.3 of the train
-    state, and 100 steps give the losses of one device (to 5e-5: see below)."""
+    state, and 100 steps give the losses of one device (to 2e-4: see below)."""
     data_flag = f"--config.data_dir={tmp_path / 'scan'}"
     _launch(tmp_path / "one", SCAN_CONFIG, data_flag, *SCAN_FLAGS)
     _launch(tmp_path / "fsdp", SCAN_CONFIG, data_flag, *SCAN_FLAGS, "--config.mesh.fsdp=4",
@@ -121,10 +121,13 @@ def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
     assert record["mesh"] == {"data": 1, "fsdp": 4}
     assert record["state_bytes"] == _run_record(tmp_path / "one")["state_bytes"]
     assert record["state_bytes_per_device"] <= 0.3 * record["state_bytes"]
-    # The gathers and reduce-scatters sum in another order than one device: 1.5e-5 at step
-    # 100 (AMD EPYC, 2 cores, 2026-12-06).
+    # The gathers and reduce-scatters sum in another order than one device, and how far that
+    # drifts by step 100 depends on the CPU's vector width: 1.5e-5 on an AMD EPYC (AVX2,
+    # 2026-12-06), 7.6e-5 on an Intel Xeon with AVX-512 (2026-12-07), both runs bitwise
+    # repeatable. For scale: a learning rate 10% lower moves the step-100 loss by 1.4e-2, and
+    # another seed by 5e-2 (Intel Xeon, 2026-12-07).
     assert _train_losses(tmp_path / "fsdp") == pytest.approx(
-        _train_losses(tmp_path / "one"), rel=5e-5
+        _train_losses(tmp_path / "one"), rel=2e-4
     )
 
 
