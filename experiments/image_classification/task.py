@@ -56,27 +56,27 @@ def _statistics(read_inputs, count: int) -> tuple[np.ndarray, np.ndarray]:
     fixed chunks, so the sums (and the normalized inputs) are identical.
     """
     total = squares = values = 0.0
-    histograms = 0  # of each channel's values 0..255, for uint8 inputs: exact and fast
+    whole_total = whole_squares = 0  # uint8 inputs: integer sums, exact
     for start in range(0, count, streaming.ROWS_PER_READ):
         inputs = read_inputs(start, min(start + streaming.ROWS_PER_READ, count))
         inputs = inputs[..., None] if inputs.ndim == 2 else inputs
         values += inputs.size // inputs.shape[-1]
         if inputs.dtype == np.uint8:
-            channels = inputs.reshape(-1, inputs.shape[-1])
-            # Each channel copied contiguous first: bincount reads a strided view 3-4x slower.
-            histograms = histograms + np.stack(
-                [np.bincount(np.ascontiguousarray(c), minlength=256) for c in channels.T]
+            # A uint8's square fits uint16; uint64 sums hold any split. Each channel is copied
+            # contiguous first: sums over a strided view are several times slower.
+            channels = [np.ascontiguousarray(c) for c in inputs.reshape(-1, inputs.shape[-1]).T]
+            whole_total = whole_total + np.array([c.sum(dtype=np.uint64) for c in channels])
+            wide = [c.astype(np.uint16) for c in channels]
+            whole_squares = whole_squares + np.array(
+                [np.multiply(w, w, out=w).sum(dtype=np.uint64) for w in wide]
             )
             continue
         inputs = inputs.astype(np.float64)
         axes = tuple(range(inputs.ndim - 1))
         total = total + inputs.sum(axis=axes)
         squares = squares + (inputs * inputs).sum(axis=axes)
-    if not np.isscalar(histograms):
-        # Integer sums: the float64 sums above are exact for them too (below 2**53).
-        levels = np.arange(256, dtype=np.int64)
-        total = (histograms @ levels).astype(np.float64)
-        squares = (histograms @ (levels * levels)).astype(np.float64)
+    if not np.isscalar(whole_total):  # the float64 sums are exact for them too (below 2**53)
+        total, squares = whole_total.astype(np.float64), whole_squares.astype(np.float64)
     mean = total / values
     return mean, np.sqrt(squares / values - mean * mean)
 
