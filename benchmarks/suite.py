@@ -105,13 +105,13 @@ BENCHMARKS = [
         "(unrolled), the config's cadences",
     ),
     Benchmark(
-        "fashion_mnist_cnn",
-        "image_classification/configs/fashion_mnist_cnn.py",
+        "fashion_mnist_small_cnn",
+        "image_classification/configs/fashion_mnist_small_cnn.py",
         synthetic=synthetic_images((28, 28, 1)),
     ),
     Benchmark(
-        "fashion_mnist_cnn_grain",
-        "image_classification/configs/fashion_mnist_cnn.py",
+        "fashion_mnist_small_cnn_grain",
+        "image_classification/configs/fashion_mnist_small_cnn.py",
         overrides={"input_pipeline": "grain", "data_dir": "~/tensorflow_datasets_array_record"},
         note="Grain over ArrayRecord (prepare_fashion_mnist --file_format array_record)",
     ),

@@ -37,6 +37,7 @@ CONFIGS = {
 }
 MOCK_CONFIGS = {  # real tfds datasets, replaced by tfds.testing.mock_data
     "image_classification/configs/fashion_mnist_cnn.py": {},
+    "image_classification/configs/fashion_mnist_small_cnn.py": {},
     "image_classification/configs/mnist_cnn.py": {},
     "image_classification/configs/cifar10_resnet.py": {
         "model.stage_sizes": (1, 1),

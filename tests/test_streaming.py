@@ -114,9 +114,8 @@ def test_random_erasing_zeroes_one_drawn_rectangle_and_keeps_the_crops_and_flips
         {"x": images[16:32]}, erasing, 64, seed=3, step=9, rows=slice(16, 32)
     )["x"]
     np.testing.assert_array_equal(host, out[16:32])
-    settings = load_config(
-        os.path.join(REPO_ROOT, "experiments/image_classification/configs/fashion_mnist_cnn.py")
-    )
+    configs = os.path.join(REPO_ROOT, "experiments/image_classification/configs")
+    settings = load_config(os.path.join(configs, "fashion_mnist_small_cnn.py"))
     settings.augmentation.erase_probability = 1.5
     with pytest.raises(trainer.ConfigError, match="erase_probability is 1.5; set it from 0"):
         augmentation.from_config(settings, ("image",))

@@ -1,40 +1,38 @@
-"""A two-convolution CNN on Fashion-MNIST (prepare it offline, see docs/data.md)."""
+"""A ResNet under 1 M parameters on Fashion-MNIST, 94.56% in 49 minutes on 2 CPU cores
+(prepare the data offline, see docs/data.md).
+
+Two basic blocks in each of three stages (32, 64 and 128 channels) after a stride-2 first
+convolution, 696,042 parameters; random crops and flips; Nesterov momentum with L2 weight decay
+and label smoothing; predictions averaged over ten views of each image (it and its mirror
+image, each also moved one pixel four ways). Chosen against the last 5,000 training images
+(`--config.validation_examples=5000`): probe G in docs/results.md. The two-convolution CNN
+this file held until 2026-12-08 is `fashion_mnist_small_cnn.py`.
+"""
 
 import ml_collections
 
-from research.core.config import base_config
+from experiments.image_classification.configs import fashion_mnist_small_cnn
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base_config()
-    config.task = "image_classification"
-    config.dataset = "fashion_mnist"
-    config.classes = ()  # a subset of the labels: label classes[i] becomes i; () for all
-    config.train_examples_per_class = 0  # the first N training examples of each class; 0: all
-    config.validation_examples = 0  # > 0: the last N training examples are the evaluation split
+    config = fashion_mnist_small_cnn.get_config()
     config.model = ml_collections.ConfigDict(
         {
-            "name": "cnn",
-            "features": (32, 64),
-            "kernel_size": (3, 3),
-            "pool_size": (2, 2),
-            "dense_sizes": (256,),
-            "dropout_rate": 0.3,
+            "name": "resnet",
+            "stage_sizes": (2, 2, 2),
+            "widths": (32, 64, 128),
+            "stem_strides": 2,  # every stage runs on a quarter of the 28 x 28 positions
+            "mirror_average": True,
+            "shift_average": True,
         }
     )
-    config.label_smoothing = 0.0  # of the training loss's targets; evaluation is unsmoothed
-    config.batch_size = 128
-    config.eval_batch_size = 1000
-    config.optimizer = "adamw"
-    config.learning_rate = 2e-3
-    config.weight_decay = 1e-4
-    config.schedule = "warmup_cosine"
-    config.warmup_steps = 200
-    config.num_train_steps = 7000
-    config.eval_every_steps = 1000
-    config.log_every_steps = 200
-    config.checkpoint_every_steps = 1000
-    # YNNPACK off: Eigen's multi-threaded convolutions, 8-13% faster steps for this config on
-    # a 2-core CPU (benchmarks/NOTES.md); launch.py sets it before the backend starts.
-    config.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
+    config.augmentation.crop_padding = 2
+    config.augmentation.horizontal_flip = True
+    config.label_smoothing = 0.1
+    config.optimizer = "nesterov"
+    config.learning_rate = 0.1
+    config.momentum = 0.9
+    config.weight_decay = 5e-4  # coupled: 5e-4 times each kernel added to its gradient
+    config.num_train_steps = 16500  # 35 epochs of the 60,000 images at batch 128
+    config.eval_every_steps = 16500  # once, at the end: the test split is the report
     return config

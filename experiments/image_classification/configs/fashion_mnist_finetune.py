@@ -2,12 +2,12 @@
 
 import ml_collections
 
-from experiments.image_classification.configs import fashion_mnist_cnn
+from experiments.image_classification.configs import fashion_mnist_small_cnn
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Without --init_from, the same config trains the CNN from scratch (the baseline)."""
-    config = fashion_mnist_cnn.get_config()
+    config = fashion_mnist_small_cnn.get_config()
     config.classes = (5, 6, 7, 8, 9)  # sandal, shirt, sneaker, bag, ankle boot
     config.train_examples_per_class = 100
     config.init.reinitialize = ("Dense_1/.*",)  # the head: the classes are new

@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from experiments.image_classification.configs import fashion_mnist_cnn
+from experiments.image_classification.configs import fashion_mnist_small_cnn
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = fashion_mnist_cnn.get_config()
+    config = fashion_mnist_small_cnn.get_config()
     config.classes = (0, 1, 2, 3, 4)  # T-shirt/top, trouser, pullover, dress, coat
     config.num_train_steps = 500  # 2.1 epochs at batch 128
     config.warmup_steps = 50
