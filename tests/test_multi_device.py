@@ -123,9 +123,9 @@ def test_fsdp_shards_the_state_and_trains_like_one_device(tmp_path):
     assert record["state_bytes_per_device"] <= 0.3 * record["state_bytes"]
     # The gathers and reduce-scatters sum in another order than one device, and how far that
     # drifts by step 100 depends on the CPU's vector width: 1.5e-5 on an AMD EPYC (AVX2,
-    # 2026-12-06), 7.6e-5 on an Intel Xeon with AVX-512 (2026-12-07), both runs bitwise
+    # 2026-12-06), 7.6e-5 on an Intel Xeon with AVX-512 (2026-12-08), both runs bitwise
     # repeatable. For scale: a learning rate 10% lower moves the step-100 loss by 1.4e-2, and
-    # another seed by 5e-2 (Intel Xeon, 2026-12-07).
+    # another seed by 5e-2 (Intel Xeon, 2026-12-08).
     assert _train_losses(tmp_path / "fsdp") == pytest.approx(
         _train_losses(tmp_path / "one"), rel=2e-4
     )
