@@ -35,4 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 5e-4  # coupled: 5e-4 times each kernel added to its gradient
     config.num_train_steps = 16500  # 35 epochs of the 60,000 images at batch 128
     config.eval_every_steps = 16500  # once, at the end: the test split is the report
+    # Kept from the small CNN: batch 128, warmup-cosine with 200 warmup steps, and its
+    # xla_flags (YNNPACK off), with which the 94.56% run was measured.
     return config
